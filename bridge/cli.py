@@ -1,0 +1,154 @@
+"""The ``ftbridge`` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import structlog
+
+from bridge import __version__
+from bridge.app import build_bridge
+from bridge.daemon import run_daemon
+from bridge.demo import run_demo
+from bridge.engine import Bridge, CycleStats
+from bridge.errors import BridgeError, ConfigError, JobNotFound, SourceRejected
+from bridge.logs import configure_logging
+from bridge.settings import Settings, load_settings
+
+log = structlog.get_logger(__name__)
+
+EPILOG = """examples:
+  ftbridge run                         poll every FTBRIDGE_POLL_INTERVAL seconds until SIGTERM
+  ftbridge sync --all                  backfill every job the key can see, then exit
+  ftbridge sync ftjob-abc ftjob-def    sync two jobs, then exit
+  ftbridge demo                        no keys: built-in emulator, offline W&B, SQLite
+  ftbridge --config ftbridge.toml run  settings from a TOML file (the environment wins)
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ftbridge",
+        description="Mirror fine-tuning jobs into Weights & Biases, live.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"ftbridge {__version__}")
+    parser.add_argument("--config", type=Path, help="TOML settings file (or FTBRIDGE_CONFIG)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser(
+        "run",
+        help="run the daemon until SIGTERM",
+        description="Poll jobs and events every FTBRIDGE_POLL_INTERVAL seconds until SIGTERM.",
+        epilog="example:\n  OPENAI_API_KEY=sk-... WANDB_PROJECT=fine-tunes ftbridge run",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sync = commands.add_parser(
+        "sync",
+        help="sync jobs once, then exit",
+        description="Sync jobs once (what they have so far), then exit.",
+        epilog="examples:\n  ftbridge sync --all\n  ftbridge sync ftjob-abc ftjob-def",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sync.add_argument("jobs", nargs="*", metavar="JOB_ID", help="job ids to sync")
+    sync.add_argument("--all", action="store_true", help="every job the key can see")
+    demo = commands.add_parser(
+        "demo",
+        help="try it with no keys: emulator + offline W&B + SQLite",
+        description="Run the built-in emulator of the fine-tuning API and mirror its jobs "
+        "into offline W&B runs, then say where they are.",
+        epilog="example:\n  ftbridge demo --dir ./ftbridge-demo",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    demo.add_argument("--dir", type=Path, default=Path("ftbridge-demo"), help="where to write")
+    demo.add_argument("--time-scale", type=float, default=1.0, help="emulated seconds per second")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "demo":
+            return _demo(args)
+        settings = load_settings(args.config)
+        _configure(settings)
+        if args.command == "run":
+            return _run(settings)
+        return _sync(settings, args)
+    except ConfigError as error:
+        print(f"ftbridge: configuration error: {error}", file=sys.stderr)
+        return 2
+    except BridgeError as error:
+        print(f"ftbridge: error: {error}", file=sys.stderr)
+        return 1
+
+
+def _configure(settings: Settings) -> None:
+    configure_logging(level=settings.log_level, fmt=settings.log_format, secrets=settings.secrets())
+
+
+def _run(settings: Settings) -> int:
+    bridge = build_bridge(settings)
+    try:
+        return run_daemon(
+            bridge,
+            interval=settings.poll_interval,
+            backoff_max=settings.backoff_max,
+            shutdown_timeout=settings.shutdown_timeout,
+        )
+    finally:
+        bridge.store.close()
+
+
+def _sync(settings: Settings, args: argparse.Namespace) -> int:
+    if bool(args.all) == bool(args.jobs):
+        raise ConfigError("sync takes either --all or one or more job ids")
+    bridge = build_bridge(settings)
+    try:
+        stats = sync_once(bridge, None if args.all else list(args.jobs))
+    finally:
+        bridge.store.close()
+    log.info("sync.done", jobs=stats.jobs_seen, rows_logged=stats.rows_logged)
+    return 1 if stats.errors else 0
+
+
+def sync_once(bridge: Bridge, job_ids: list[str] | None) -> CycleStats:
+    """One pass over every job (``None``) or the given ones; open runs are finished after."""
+    stats = CycleStats()
+    bridge.recover()
+    try:
+        if job_ids is None:
+            stats.jobs_seen = bridge.discover(full=True)
+            bridge.sync_unsynced(stats)
+        else:
+            for job_id in job_ids:
+                _sync_one(bridge, job_id, stats)
+    finally:
+        bridge.close_runs()
+    return stats
+
+
+def _sync_one(bridge: Bridge, job_id: str, stats: CycleStats) -> None:
+    try:
+        bridge.observe(bridge.source.get_job(job_id))
+    except JobNotFound as error:
+        stats.errors.append(str(error))
+        log.error("sync.unknown_job", job_id=job_id, error=str(error))
+        return
+    except SourceRejected:
+        raise
+    state = bridge.store.get_job(job_id)
+    if state is not None:
+        stats.jobs_seen += 1
+        bridge.sync_job(state, stats)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    return run_demo(args.dir, time_scale=args.time_scale)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""The long-running loop: an APScheduler interval timer around ``Bridge.poll``, backoff when
+the API or W&B are in trouble, and a shutdown that finishes every open run."""
+
+from __future__ import annotations
+
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from types import FrameType
+
+import structlog
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from bridge.engine import Bridge, CycleStats
+from bridge.errors import BridgeError, RetryableError
+
+log = structlog.get_logger(__name__)
+
+
+class Poller:
+    """One tick = one poll cycle, unless a backoff is in force. Never raises."""
+
+    def __init__(self, bridge: Bridge, interval: float, backoff_max: float) -> None:
+        self.bridge = bridge
+        self.interval = interval
+        self.backoff_max = backoff_max
+        self.busy = threading.Lock()
+        self.failures = 0
+        self.not_before = 0.0
+        self.last_success: float | None = None
+        self.cycles = 0
+
+    def tick(self) -> CycleStats | None:
+        if self.bridge.stopping.is_set() or time.monotonic() < self.not_before:
+            return None
+        with self.busy:
+            started = time.monotonic()
+            try:
+                stats = self.bridge.poll()
+            except RetryableError as error:
+                self._back_off(str(error), error.retry_after)
+                return None
+            except BridgeError as error:
+                self._back_off(str(error), None)
+                return None
+            except Exception:
+                log.exception("cycle.crashed")
+                self._back_off("unexpected error (see the traceback above)", None)
+                return None
+            self._succeeded(stats, time.monotonic() - started)
+            return stats
+
+    def _back_off(self, reason: str, retry_after: float | None) -> None:
+        self.failures += 1
+        delay = min(self.backoff_max, self.interval * 2 ** min(self.failures, 16))
+        delay = max(delay * random.uniform(0.5, 1.0), retry_after or 0.0)
+        self.not_before = time.monotonic() + delay
+        # Said once when the trouble starts, then only as debug: no log storm in an outage.
+        emit = log.warning if self.failures == 1 else log.debug
+        emit("cycle.failed", error=reason, failures=self.failures, retry_in=round(delay, 1))
+
+    def _succeeded(self, stats: CycleStats, duration: float) -> None:
+        if self.failures:
+            log.info("cycle.recovered", after_failures=self.failures)
+        self.failures = 0
+        self.cycles += 1
+        self.last_success = time.time()
+        log.info(
+            "cycle",
+            jobs_seen=stats.jobs_seen,
+            active=stats.active,
+            events=stats.events,
+            rows_logged=stats.rows_logged,
+            runs_finished=stats.runs_finished,
+            lag_s=None if stats.lag_seconds is None else round(stats.lag_seconds, 2),
+            errors=len(stats.errors),
+            duration_s=round(duration, 3),
+        )
+
+
+def install_signal_handlers(stop: threading.Event) -> None:
+    def handle(signum: int, _frame: FrameType | None) -> None:
+        log.info("shutdown.requested", signal=signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+
+
+def run_daemon(
+    bridge: Bridge,
+    *,
+    interval: float,
+    backoff_max: float,
+    shutdown_timeout: float,
+    stop: threading.Event | None = None,
+    until: Callable[[], bool] | None = None,
+) -> int:
+    """Poll until ``stop`` is set (SIGTERM/SIGINT) or ``until()`` is true; then finish every
+    open run within ``shutdown_timeout`` and return the exit code."""
+    stop = stop or threading.Event()
+    install_signal_handlers(stop)
+    bridge.recover()
+    poller = Poller(bridge, interval, backoff_max)
+
+    def tick() -> None:
+        poller.tick()
+        if until is not None and until():
+            stop.set()
+
+    scheduler = BackgroundScheduler(timezone=UTC)
+    scheduler.add_job(
+        tick,
+        "interval",
+        seconds=interval,
+        next_run_time=datetime.now(UTC),
+        max_instances=1,
+        coalesce=True,
+        misfire_grace_time=None,
+    )
+    scheduler.start()
+    log.info("daemon.started", poll_interval=interval)
+    stop.wait()
+    deadline = time.monotonic() + shutdown_timeout
+    bridge.stopping.set()
+    scheduler.shutdown(wait=False)
+    return _drain(bridge, poller, deadline)
+
+
+def _drain(bridge: Bridge, poller: Poller, deadline: float) -> int:
+    if not poller.busy.acquire(timeout=max(0.0, deadline - time.monotonic() - 5.0)):
+        log.warning("shutdown.cycle_still_running", detail="runs are repaired at next start")
+        return 0
+    try:
+        bridge.close_runs(deadline=time.time() + max(0.0, deadline - time.monotonic()))
+    finally:
+        poller.busy.release()
+    log.info("shutdown.done")
+    return 0

@@ -1,0 +1,213 @@
+"""The bridge's work: discover jobs, fetch their new events, hand rows to the sink, and keep
+the store's cursor where the sink really is.
+
+The cursor rules that make it lossless:
+- an event is stored (``new``) before anything is done with it;
+- it becomes ``sent`` once the sink took it, and ``durable`` only once the run segment was
+  finished (flushed); a crash in between is repaired at start-up by reading back the
+  segment's file and sending again what did not reach it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import structlog
+
+from bridge import mapping
+from bridge.errors import JobNotFound, RetryableError, SinkUnavailable
+from bridge.mapping import WandbDefaults
+from bridge.ports import JobSource, JobState, Json, RunSink, StateStore
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class CycleStats:
+    jobs_seen: int = 0
+    active: int = 0
+    events: int = 0
+    rows_logged: int = 0
+    runs_finished: int = 0
+    lag_seconds: float | None = None
+    errors: list[str] = field(default_factory=list)
+
+    def saw_lag(self, created_at: object, now: float) -> None:
+        if isinstance(created_at, int | float) and not isinstance(created_at, bool):
+            lag = max(0.0, now - float(created_at))
+            self.lag_seconds = max(self.lag_seconds or 0.0, lag)
+
+
+class Bridge:
+    """One source, one sink, one store; ``poll`` is one cycle."""
+
+    def __init__(
+        self,
+        source: JobSource,
+        sink: RunSink,
+        store: StateStore,
+        defaults: WandbDefaults,
+        native_mode: mapping.NativeMode = "skip",
+    ) -> None:
+        self.source = source
+        self.sink = sink
+        self.store = store
+        self.defaults = defaults
+        self.native_mode = native_mode
+        self._now = time.time
+        self.stopping = threading.Event()
+
+    # Start-up
+    def recover(self) -> int:
+        """Repair runs left open by a crash: what their segment holds stays, the rest is
+        sent again into a new segment."""
+        again = 0
+        for state in self.store.jobs_with_open_runs():
+            if self.sink.is_open(state.job_id):
+                continue
+            steps = self.sink.durable_steps(state.run_segment) if state.run_segment else set()
+            resent = self.store.recover_segment(state.job_id, steps)
+            again += resent
+            log.info(
+                "run.recovered",
+                job_id=state.job_id,
+                steps_on_disk=len(steps),
+                rows_to_resend=resent,
+            )
+        return again
+
+    # One cycle
+    def poll(self) -> CycleStats:
+        stats = CycleStats()
+        stats.jobs_seen = self.discover(stats)
+        self.sync_unsynced(stats)
+        return stats
+
+    def discover(self, stats: CycleStats | None = None, *, full: bool = False) -> int:
+        """List jobs newest first, stopping after the page where known jobs begin (unless
+        ``full``); jobs still unsynced that the pages did not show are fetched one by one."""
+        seen: set[str] = set()
+        for job in self._listed_jobs(full):
+            seen.add(str(job["id"]))
+        for state in self.store.unsynced_jobs():
+            if state.job_id not in seen and not self.stopping.is_set():
+                self.refresh(state.job_id)
+                seen.add(state.job_id)
+        return len(seen)
+
+    def _listed_jobs(self, full: bool) -> Iterator[Json]:
+        reached_known = False
+        for page in self.source.job_pages():
+            for job in page:
+                reached_known = reached_known or self.store.has_job(str(job["id"]))
+                self.observe(job)
+                yield job
+            if reached_known and not full:
+                return
+
+    def observe(self, job: Json) -> None:
+        change = self.store.record_job(self.source.name, job)
+        if change is not None:
+            log.info(
+                "job.status",
+                job_id=change.job_id,
+                previous=change.previous,
+                status=change.current,
+            )
+
+    def refresh(self, job_id: str) -> None:
+        try:
+            self.observe(self.source.get_job(job_id))
+        except JobNotFound:
+            log.warning("job.gone", job_id=job_id, detail="the API no longer shows this job")
+            self.store.mark_synced(job_id)
+
+    def sync_unsynced(self, stats: CycleStats) -> None:
+        for state in self.store.unsynced_jobs():
+            if self.stopping.is_set():
+                return
+            stats.active += 0 if mapping.is_terminal(state.status) else 1
+            try:
+                self.sync_job(state, stats)
+            except RetryableError as error:
+                stats.errors.append(str(error))
+                log.warning("job.retry_later", job_id=state.job_id, error=str(error))
+
+    def sync_job(self, state: JobState, stats: CycleStats) -> None:
+        job_id = state.job_id
+        stats.events += self.fetch_events(job_id)
+        if not mapping.should_write_run(state.job, self.native_mode):
+            self.store.set_run(job_id, "skipped")
+            if mapping.is_terminal(state.status):
+                self.store.mark_synced(job_id)
+            return
+        self._ensure_open(state)
+        self._log_pending(job_id, stats)
+        self.sink.update_summary(job_id, self._summary(state))
+        if mapping.is_terminal(state.status):
+            self.sink.finish(job_id, mapping.exit_code(state.status))
+            self.store.mark_durable(job_id)
+            self.store.set_run(job_id, "finished")
+            self.store.mark_synced(job_id)
+            stats.runs_finished += 1
+            log.info("run.finished", job_id=job_id, status=state.status)
+
+    def fetch_events(self, job_id: str) -> int:
+        """Read events newest first until one already stored; store the new ones oldest first."""
+        fresh: list[Json] = []
+        for page in self.source.event_pages(job_id):
+            known = self.store.known_event_ids(job_id, [str(e["id"]) for e in page])
+            new_here = [e for e in page if str(e["id"]) not in known]
+            fresh.extend(new_here)
+            if known:
+                break
+        fresh.reverse()
+        return self.store.add_events(job_id, fresh)
+
+    def _ensure_open(self, state: JobState) -> None:
+        spec = mapping.run_spec(state.job, self.defaults, self.source.name)
+        if not self.sink.is_open(state.job_id):
+            segment = self.sink.open(spec)
+            self.store.set_run(state.job_id, "open", segment, spec.config)
+            log.info("run.opened", job_id=state.job_id, project=spec.project, segment=segment)
+        elif spec.config != state.config:
+            self.sink.update_config(state.job_id, spec.config)
+            self.store.set_run(state.job_id, "open", config=spec.config)
+
+    def _log_pending(self, job_id: str, stats: CycleStats) -> None:
+        pending = self.store.pending_events(job_id)
+        rows = [r for e in pending if (r := mapping.metric_row(e.event)) is not None]
+        if not rows:
+            return
+        self.sink.log(job_id, mapping.merge_rows(rows))
+        self.store.mark_sent(job_id, [e.event_id for e in pending])
+        stats.rows_logged += len(rows)
+        now = self._now()
+        for event in pending:
+            stats.saw_lag(event.event.get("created_at"), now)
+
+    def _summary(self, state: JobState) -> Json:
+        summary = mapping.run_summary(state.job)
+        summary["source"] = self.source.name
+        return summary
+
+    # Shutdown
+    def close_runs(self, deadline: float | None = None) -> None:
+        """Finish every open run (flushing it) and mark what it held as durable."""
+        for run_id in self.sink.open_runs():
+            if deadline is not None and self._now() > deadline:
+                log.warning("shutdown.runs_left_open", count=len(self.sink.open_runs()))
+                return
+            try:
+                self.sink.finish(run_id, 0, preempted=True)
+            except SinkUnavailable as error:
+                log.warning("run.finish_failed", job_id=run_id, error=str(error))
+                continue
+            self.store.mark_durable(run_id)
+            self.store.set_run(run_id, "closed")
+
+
+__all__ = ["Bridge", "CycleStats"]

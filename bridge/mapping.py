@@ -1,0 +1,236 @@
+"""Pure mapping from fine-tuning API objects (plain JSON dicts) to what W&B is given.
+
+No I/O here. Every function takes what the API returned, tolerates missing keys and wrong
+types, and never raises on bad input: a field that cannot be read is left out.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+MAX_TAG_LENGTH = 64
+BASE_TAG = "openai/fine-tuning"
+
+# Fields of the job that change while it runs: they go to the summary, not the config.
+_VOLATILE_FIELDS = frozenset(
+    {
+        "status",
+        "finished_at",
+        "trained_tokens",
+        "fine_tuned_model",
+        "estimated_finish",
+        "error",
+        "result_files",
+        "usage_metrics",
+        "object",
+    }
+)
+_STRUCTURED_CONFIG = ("hyperparameters", "method", "metadata", "integrations")
+
+NativeMode = Literal["skip", "mirror"]
+
+
+@dataclass(frozen=True)
+class WandbDefaults:
+    """Where runs go when the job does not say."""
+
+    project: str
+    entity: str | None = None
+    extra_tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything needed to open (or resume) the W&B run of one job."""
+
+    run_id: str
+    project: str
+    entity: str | None
+    name: str
+    tags: tuple[str, ...]
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MetricRow:
+    """One history row: W&B step and the metric values at that step."""
+
+    step: int
+    values: dict[str, float]
+
+
+def is_terminal(status: object) -> bool:
+    return status in TERMINAL_STATUSES
+
+
+def exit_code(status: object) -> int:
+    """0 for a job that succeeded; non-zero otherwise, so that W&B shows the state truly."""
+    return {"succeeded": 0, "failed": 1, "cancelled": 130}.get(str(status), 1)
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def wandb_integration(job: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The job's own W&B integration settings (``integrations[].wandb``), if any."""
+    integrations = job.get("integrations")
+    if not isinstance(integrations, list):
+        return None
+    for item in integrations:
+        if isinstance(item, dict) and item.get("type") == "wandb":
+            settings = item.get("wandb")
+            return settings if isinstance(settings, dict) else {}
+    return None
+
+
+def clean_tags(tags: list[object] | tuple[object, ...]) -> tuple[str, ...]:
+    """Strings only, cut to W&B's 64 characters, first occurrence kept."""
+    seen: dict[str, None] = {}
+    for tag in tags:
+        if isinstance(tag, str) and tag.strip():
+            seen.setdefault(tag.strip()[:MAX_TAG_LENGTH], None)
+    return tuple(seen)
+
+
+def run_config(job: Mapping[str, Any], source: str | None = None) -> dict[str, Any]:
+    """The job's settings: model, files, hyperparameters, method, seed, suffix, metadata, and
+    the other scalar fields that do not change while the job runs."""
+    config: dict[str, Any] = {}
+    for key, value in job.items():
+        if key in _VOLATILE_FIELDS or key == "id":
+            continue
+        if key in _STRUCTURED_CONFIG:
+            if isinstance(value, dict | list):
+                config[key] = value
+        elif value is None or isinstance(value, str | int | float | bool):
+            config[key] = value
+    config["job_id"] = job.get("id")
+    method = job.get("method")
+    if isinstance(method, dict) and isinstance(method.get("type"), str):
+        config["method_type"] = method["type"]
+    if source is not None:
+        config["source"] = source
+    return config
+
+
+def run_spec(job: Mapping[str, Any], defaults: WandbDefaults, source: str | None = None) -> RunSpec:
+    """The run of a job: id = job id; name, project, entity and tags from the job's own W&B
+    integration when it has one, else from the defaults."""
+    job_id = str(job.get("id"))
+    integration = wandb_integration(job) or {}
+    model = _str(job.get("model"))
+    own_tags = integration.get("tags")
+    tags: list[object] = [BASE_TAG, f"openai/{job_id}"]
+    if model:
+        tags.append(f"openai/{model}")
+    if source:
+        tags.append(f"source/{source}")
+    tags.extend(defaults.extra_tags)
+    if isinstance(own_tags, list):
+        tags.extend(own_tags)
+    return RunSpec(
+        run_id=job_id,
+        project=_str(integration.get("project")) or defaults.project,
+        entity=_str(integration.get("entity")) or defaults.entity,
+        name=_str(integration.get("name")) or job_id,
+        tags=clean_tags(tags),
+        config=run_config(job, source),
+    )
+
+
+def should_write_run(job: Mapping[str, Any], native_mode: NativeMode) -> bool:
+    """Jobs with their own W&B integration are written by OpenAI itself unless mirroring."""
+    return native_mode == "mirror" or wandb_integration(job) is None
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, int | float):  # bool is an int: True -> 1.0
+        try:
+            return float(value)
+        except OverflowError:  # an int too large for a float
+            return math.inf if value > 0 else -math.inf
+    return None
+
+
+def flatten_metrics(data: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, float]]:
+    """Numeric leaves of ``data`` as ``a/b/c`` keys; lists of dicts keyed by their ``name``."""
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        number = _number(value)
+        if number is not None:
+            yield name, number
+        elif isinstance(value, Mapping):
+            yield from flatten_metrics(value, f"{name}/")
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                if isinstance(item, Mapping):
+                    label = _str(item.get("name")) or str(index)
+                    rest = {k: v for k, v in item.items() if k != "name"}
+                    yield from flatten_metrics(rest, f"{name}/{label}/")
+
+
+def step_of(event: Mapping[str, Any]) -> int | None:
+    """The training step a metrics event reports, or None when it has none."""
+    if event.get("type") != "metrics":
+        return None
+    data = event.get("data")
+    if not isinstance(data, Mapping):
+        return None
+    step = data.get("step")
+    if isinstance(step, bool) or not isinstance(step, int | float):
+        return None
+    if not math.isfinite(step) or step < 0 or step != int(step):
+        return None
+    return int(step)
+
+
+_NOT_METRICS = frozenset({"step", "total_steps"})
+
+
+def metric_row(event: Mapping[str, Any]) -> MetricRow | None:
+    """The history row of a metrics event; None for other events or ones without a step."""
+    step = step_of(event)
+    if step is None:
+        return None
+    data = event["data"]
+    values = {k: v for k, v in flatten_metrics(data) if k not in _NOT_METRICS}
+    return MetricRow(step=step, values=values)
+
+
+def merge_rows(rows: list[MetricRow]) -> list[MetricRow]:
+    """Rows of the same step merged (later values win), in order of first appearance."""
+    merged: dict[int, dict[str, float]] = {}
+    for row in rows:
+        merged.setdefault(row.step, {}).update(row.values)
+    return [MetricRow(step, values) for step, values in merged.items()]
+
+
+def total_steps(event: Mapping[str, Any]) -> int | None:
+    data = event.get("data")
+    if isinstance(data, Mapping):
+        value = data.get("total_steps")
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+def run_summary(job: Mapping[str, Any]) -> dict[str, Any]:
+    """What the run's summary says of the job: status, model, tokens, end, and any error."""
+    summary: dict[str, Any] = {"status": job.get("status")}
+    for key in ("fine_tuned_model", "trained_tokens", "finished_at", "estimated_finish"):
+        value = job.get(key)
+        if value is not None:
+            summary[key] = value
+    error = job.get("error")
+    # A job that has not failed may carry an error object whose fields are all null.
+    if isinstance(error, Mapping) and (error.get("code") or error.get("message")):
+        summary["error_code"] = error.get("code")
+        summary["error_message"] = error.get("message")
+        if error.get("param"):
+            summary["error_param"] = error.get("param")
+    return summary

@@ -1,0 +1,132 @@
+"""In-memory implementations of the edges, shipped for tests (the bridge's and its users').
+
+For a store, use ``SqlStore("sqlite://")``: the real store on an in-memory database.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+from bridge.errors import JobNotFound, SinkUnavailable
+from bridge.mapping import MetricRow, RunSpec
+from bridge.ports import Json
+
+
+def _pages(items: list[Json], size: int) -> Iterator[list[Json]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class MemorySource:
+    """:class:`bridge.ports.JobSource` over jobs and events held in lists (oldest first)."""
+
+    def __init__(self, name: str = "memory", page_size: int = 3) -> None:
+        self.name = name
+        self.page_size = page_size
+        self.jobs: dict[str, Json] = {}
+        self.events: dict[str, list[Json]] = {}
+        self.calls: Counter[str] = Counter()
+
+    def put_job(self, job: Json) -> None:
+        self.jobs[str(job["id"])] = job
+        self.events.setdefault(str(job["id"]), [])
+
+    def add_event(self, job_id: str, event: Json) -> None:
+        self.events[job_id].append(event)
+
+    def _counted(self, kind: str, pages: Iterator[list[Json]]) -> Iterator[list[Json]]:
+        for page in pages:
+            self.calls[kind] += 1
+            yield page
+
+    def job_pages(self) -> Iterator[list[Json]]:
+        newest_first = sorted(
+            self.jobs.values(), key=lambda j: (j.get("created_at") or 0, j["id"]), reverse=True
+        )
+        if not newest_first:
+            self.calls["list_jobs"] += 1
+            return iter([[]])
+        return self._counted("list_jobs", _pages(newest_first, self.page_size))
+
+    def get_job(self, job_id: str) -> Json:
+        self.calls["get_job"] += 1
+        if job_id not in self.jobs:
+            raise JobNotFound(f"job {job_id}: not found")
+        return self.jobs[job_id]
+
+    def event_pages(self, job_id: str) -> Iterator[list[Json]]:
+        newest_first = list(reversed(self.events.get(job_id, [])))
+        if not newest_first:
+            self.calls["list_events"] += 1
+            return iter([[]])
+        return self._counted("list_events", _pages(newest_first, self.page_size))
+
+
+@dataclass
+class MemoryRun:
+    spec: RunSpec
+    rows: list[MetricRow] = field(default_factory=list)
+    config: Json = field(default_factory=dict)
+    summary: Json = field(default_factory=dict)
+    exit_code: int | None = None
+    preempted: bool = False
+
+
+class MemorySink:
+    """:class:`bridge.ports.RunSink` keeping runs in memory. ``crash()`` forgets the open
+    segments as a kill -9 would, keeping only the first ``keep`` rows of each on "disk"."""
+
+    def __init__(self) -> None:
+        self.segments: dict[str, MemoryRun] = {}
+        self._open: dict[str, str] = {}
+        self.fail_open = False
+
+    def open(self, spec: RunSpec) -> str:
+        if spec.run_id in self._open:
+            return self._open[spec.run_id]
+        if self.fail_open:
+            raise SinkUnavailable(f"W&B did not open run {spec.run_id}: unreachable")
+        segment = f"{spec.run_id}#{len(self.segments)}"
+        self.segments[segment] = MemoryRun(spec, config=dict(spec.config))
+        self._open[spec.run_id] = segment
+        return segment
+
+    def _current(self, run_id: str) -> MemoryRun:
+        return self.segments[self._open[run_id]]
+
+    def is_open(self, run_id: str) -> bool:
+        return run_id in self._open
+
+    def open_runs(self) -> list[str]:
+        return list(self._open)
+
+    def log(self, run_id: str, rows: Sequence[MetricRow]) -> None:
+        self._current(run_id).rows.extend(rows)
+
+    def update_config(self, run_id: str, config: Json) -> None:
+        self._current(run_id).config.update(config)
+
+    def update_summary(self, run_id: str, summary: Json) -> None:
+        self._current(run_id).summary.update(summary)
+
+    def finish(self, run_id: str, exit_code: int, *, preempted: bool = False) -> None:
+        run = self._current(run_id)
+        run.exit_code = exit_code
+        run.preempted = preempted
+        del self._open[run_id]
+
+    def durable_steps(self, segment: str) -> set[int]:
+        run = self.segments.get(segment)
+        return {row.step for row in run.rows} if run else set()
+
+    def crash(self, keep: int = 0) -> None:
+        """Lose the open segments' unflushed rows (all but the first ``keep``)."""
+        for segment in self._open.values():
+            del self.segments[segment].rows[keep:]
+        self._open.clear()
+
+    def rows_of(self, run_id: str) -> list[MetricRow]:
+        """Every row of every segment of the run, in order (what ``wandb sync`` would merge)."""
+        return [r for s in self.segments.values() if s.spec.run_id == run_id for r in s.rows]

@@ -1,0 +1,139 @@
+"""The edges of the bridge, as Protocols: where jobs come from, where runs go, where state lives.
+
+Each has a real implementation in the package (``source_openai``, ``sink_wandb``, ``store``)
+and an in-memory one (``memory``) that tests and the engine's unit tests use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from bridge.mapping import MetricRow, RunSpec
+
+Json = dict[str, Any]
+EventState = Literal["new", "sent", "durable", "none"]
+RunState = Literal["pending", "open", "closed", "finished", "skipped"]
+
+
+class JobSource(Protocol):
+    """A fine-tuning API. Lists come in pages, newest first, as the API gives them; pages are
+    fetched lazily, so a caller that stops iterating stops paging."""
+
+    name: str
+
+    def job_pages(self) -> Iterator[list[Json]]: ...
+
+    def get_job(self, job_id: str) -> Json: ...
+
+    def event_pages(self, job_id: str) -> Iterator[list[Json]]: ...
+
+
+class RunSink(Protocol):
+    """Where runs go (W&B). Run ids are job ids."""
+
+    def open(self, spec: RunSpec) -> str:
+        """Open the run (a new segment of it when it was open before); returns the segment's
+        location, so that what reached disk can be read back after a crash."""
+        ...
+
+    def is_open(self, run_id: str) -> bool: ...
+
+    def log(self, run_id: str, rows: Sequence[MetricRow]) -> None: ...
+
+    def update_config(self, run_id: str, config: Json) -> None: ...
+
+    def update_summary(self, run_id: str, summary: Json) -> None: ...
+
+    def finish(self, run_id: str, exit_code: int, *, preempted: bool = False) -> None:
+        """Close the run, flushing everything it was given."""
+        ...
+
+    def durable_steps(self, segment: str) -> set[int]:
+        """The steps a segment holds on disk (after a crash, a prefix of what was logged)."""
+        ...
+
+    def open_runs(self) -> list[str]: ...
+
+
+@dataclass(frozen=True)
+class JobState:
+    """What the store knows of one job."""
+
+    job_id: str
+    source: str
+    status: str
+    job: Json
+    run_state: RunState = "pending"
+    run_segment: str | None = None
+    config: Json | None = None
+    synced: bool = False
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    job_id: str
+    event_id: str
+    seq: int
+    step: int | None
+    event: Json
+    state: EventState = "new"
+
+
+@dataclass(frozen=True)
+class StatusChange:
+    job_id: str
+    previous: str | None
+    current: str
+    job: Json = field(default_factory=dict)
+
+
+class StateStore(Protocol):
+    """Durable state: per job, the last snapshot and status, its events and which of them
+    W&B has taken, and the run's segment."""
+
+    def get_job(self, job_id: str) -> JobState | None: ...
+
+    def has_job(self, job_id: str) -> bool: ...
+
+    def record_job(self, source: str, job: Json) -> StatusChange | None:
+        """Save the snapshot; return the status change it makes, if any."""
+        ...
+
+    def unsynced_jobs(self) -> list[JobState]: ...
+
+    def all_jobs(self) -> list[JobState]: ...
+
+    def known_event_ids(self, job_id: str, event_ids: Sequence[str]) -> set[str]: ...
+
+    def add_events(self, job_id: str, events: Sequence[Json]) -> int:
+        """Append events, oldest first; those with a metrics step start as ``new``."""
+        ...
+
+    def pending_events(self, job_id: str) -> list[StoredEvent]: ...
+
+    def mark_sent(self, job_id: str, event_ids: Sequence[str]) -> None: ...
+
+    def mark_durable(self, job_id: str) -> None:
+        """Everything sent so far is on disk (the run segment was finished)."""
+        ...
+
+    def recover_segment(self, job_id: str, durable_steps: set[int]) -> int:
+        """After a crash: keep as durable what the segment holds, send the rest again.
+        Returns how many events go back to ``new``."""
+        ...
+
+    def set_run(
+        self,
+        job_id: str,
+        run_state: RunState,
+        segment: str | None = None,
+        config: Json | None = None,
+    ) -> None: ...
+
+    def mark_synced(self, job_id: str) -> None: ...
+
+    def jobs_with_open_runs(self) -> list[JobState]: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,49 @@
+"""The state store's tables (SQLAlchemy Core), the same for SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("job_id", String(128), primary_key=True),
+    Column("source", String(128), nullable=False),
+    Column("status", String(64), nullable=False),
+    Column("created_at", BigInteger, nullable=True),
+    Column("job_json", Text, nullable=False),
+    Column("run_state", String(16), nullable=False, default="pending"),
+    Column("run_segment", Text, nullable=True),
+    Column("config_json", Text, nullable=True),
+    Column("synced", Boolean, nullable=False, default=False),
+    Column("next_seq", Integer, nullable=False, default=0),
+    Column("updated_at", Float, nullable=False),
+)
+Index("ix_jobs_synced", jobs.c.synced)
+
+events = Table(
+    "events",
+    metadata,
+    Column("job_id", String(128), primary_key=True),
+    Column("event_id", String(128), primary_key=True),
+    Column("seq", Integer, nullable=False),
+    Column("created_at", BigInteger, nullable=True),
+    Column("type", String(64), nullable=True),
+    Column("step", BigInteger, nullable=True),
+    Column("state", String(16), nullable=False),
+    Column("payload", Text, nullable=False),
+)
+Index("ix_events_job_state_seq", events.c.job_id, events.c.state, events.c.seq)

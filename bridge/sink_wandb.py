@@ -1,0 +1,165 @@
+"""Runs in W&B through the ``wandb`` SDK: one run per job, many open at once in one process."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import structlog
+import wandb
+
+from bridge.errors import SinkUnavailable
+from bridge.mapping import MetricRow, RunSpec
+from bridge.ports import Json
+from bridge.wandbfile import WandbFileError, read_run
+
+log = structlog.get_logger(__name__)
+
+STEP_KEY = "step"
+
+
+@dataclass(frozen=True)
+class WandbOptions:
+    mode: Literal["online", "offline", "disabled"]
+    directory: Path
+    api_key: str | None = None
+    base_url: str | None = None
+    init_timeout: float = 60.0
+    finish_timeout: float = 10.0
+
+
+class WandbSink:
+    """:class:`bridge.ports.RunSink` writing real W&B runs (offline or online)."""
+
+    def __init__(self, options: WandbOptions) -> None:
+        self._options = options
+        self._runs: dict[str, Any] = {}
+        self._last_step: dict[str, int] = {}
+        options.directory.mkdir(parents=True, exist_ok=True)
+
+    def _settings(self) -> Any:
+        opts = self._options
+        extra: dict[str, Any] = {}
+        if opts.api_key:
+            extra["api_key"] = opts.api_key
+        if opts.base_url:
+            extra["base_url"] = opts.base_url
+        return wandb.Settings(
+            mode=opts.mode,
+            init_timeout=opts.init_timeout,
+            finish_timeout=opts.finish_timeout,
+            finish_timeout_raises=True,
+            console="off",
+            silent=True,
+            save_code=False,
+            disable_git=True,
+            x_disable_stats=True,
+            x_disable_machine_info=True,
+            x_disable_meta=True,
+            x_save_requirements=False,
+            **extra,
+        )
+
+    def open(self, spec: RunSpec) -> str:
+        if spec.run_id in self._runs:
+            return str(self._runs[spec.run_id].settings.sync_file)
+        try:
+            run = wandb.init(
+                id=spec.run_id,
+                project=spec.project,
+                entity=spec.entity,
+                name=spec.name,
+                tags=list(spec.tags),
+                config=spec.config,
+                dir=str(self._options.directory),
+                resume="allow",
+                reinit="create_new",
+                settings=self._settings(),
+            )
+        except Exception as error:  # noqa: BLE001 - wandb raises many kinds; all mean "not now"
+            raise SinkUnavailable(f"W&B did not open run {spec.run_id}: {_reason(error)}") from None
+        run.define_metric(STEP_KEY)
+        run.define_metric("*", step_metric=STEP_KEY, step_sync=True)
+        self._runs[spec.run_id] = run
+        self._last_step[spec.run_id] = -1
+        return str(run.settings.sync_file)
+
+    def is_open(self, run_id: str) -> bool:
+        return run_id in self._runs
+
+    def open_runs(self) -> list[str]:
+        return list(self._runs)
+
+    def _run(self, run_id: str) -> Any:
+        try:
+            return self._runs[run_id]
+        except KeyError:
+            raise SinkUnavailable(f"run {run_id} is not open") from None
+
+    def log(self, run_id: str, rows: Sequence[MetricRow]) -> None:
+        run = self._run(run_id)
+        for row in rows:
+            if row.step <= self._last_step[run_id]:
+                log.warning("wandb.step_out_of_order", run_id=run_id, step=row.step)
+                continue
+            try:
+                run.log({**row.values, STEP_KEY: row.step}, step=row.step, commit=True)
+            except Exception as error:  # noqa: BLE001
+                raise SinkUnavailable(
+                    f"W&B did not take a row of {run_id}: {_reason(error)}"
+                ) from None
+            self._last_step[run_id] = row.step
+
+    def update_config(self, run_id: str, config: Json) -> None:
+        run = self._run(run_id)
+        try:
+            run.config.update(config, allow_val_change=True)
+        except Exception as error:  # noqa: BLE001
+            raise SinkUnavailable(
+                f"W&B did not take the config of {run_id}: {_reason(error)}"
+            ) from None
+
+    def update_summary(self, run_id: str, summary: Json) -> None:
+        run = self._run(run_id)
+        clean = {k: v for k, v in summary.items() if v is not None and not _bad_float(v)}
+        try:
+            run.summary.update(clean)
+        except Exception as error:  # noqa: BLE001
+            raise SinkUnavailable(
+                f"W&B did not take the summary of {run_id}: {_reason(error)}"
+            ) from None
+
+    def finish(self, run_id: str, exit_code: int, *, preempted: bool = False) -> None:
+        run = self._runs.pop(run_id, None)
+        self._last_step.pop(run_id, None)
+        if run is None:
+            return
+        try:
+            if preempted:
+                run.mark_preempting()
+            run.finish(exit_code=exit_code)
+        except Exception as error:  # noqa: BLE001
+            raise SinkUnavailable(f"W&B did not finish run {run_id}: {_reason(error)}") from None
+
+    def durable_steps(self, segment: str) -> set[int]:
+        path = Path(segment)
+        if not path.exists():
+            return set()
+        try:
+            history = read_run(path).history
+        except (WandbFileError, OSError) as error:
+            log.warning("wandb.segment_unreadable", segment=segment, error=str(error))
+            return set()
+        return {int(row["_step"]) for row in history if isinstance(row.get("_step"), int | float)}
+
+
+def _bad_float(value: object) -> bool:
+    return isinstance(value, float) and not math.isfinite(value)
+
+
+def _reason(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__

@@ -1,0 +1,153 @@
+"""The fine-tuning API through the official ``openai`` SDK (OpenAI, Azure's v1 API, and any
+OpenAI-compatible endpoint).
+
+Responses are read as plain JSON so that fields the SDK does not know, and values of the
+wrong type, reach the mapping code untouched; the SDK still does the HTTP, the retries and
+the timeouts.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import openai
+import structlog
+
+from bridge.errors import BridgeError, JobNotFound, SourceRejected, SourceUnavailable
+from bridge.ports import Json
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+PAGE_SIZE = 100
+
+
+def _retry_after(error: openai.APIStatusError) -> float | None:
+    value = error.response.headers.get("retry-after")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def translate(error: openai.OpenAIError, what: str) -> BridgeError:
+    """SDK errors as the bridge's: retryable (connection, timeout, 429, 5xx) or not."""
+    if isinstance(error, openai.APIConnectionError):
+        kind = "timed out" if isinstance(error, openai.APITimeoutError) else "could not connect"
+        return SourceUnavailable(f"{what}: {kind}")
+    if isinstance(error, openai.NotFoundError):
+        return JobNotFound(f"{what}: not found")
+    if isinstance(error, openai.RateLimitError | openai.InternalServerError):
+        return SourceUnavailable(
+            f"{what}: HTTP {error.status_code}", retry_after=_retry_after(error)
+        )
+    if isinstance(error, openai.AuthenticationError | openai.PermissionDeniedError):
+        return SourceRejected(
+            f"{what}: HTTP {error.status_code}, the API key was refused (check OPENAI_API_KEY)"
+        )
+    if isinstance(error, openai.APIStatusError):
+        if error.status_code in (408, 409) or error.status_code >= 500:
+            return SourceUnavailable(f"{what}: HTTP {error.status_code}")
+        return SourceRejected(f"{what}: HTTP {error.status_code}")
+    return SourceUnavailable(f"{what}: {type(error).__name__}")
+
+
+def _json_object(text: str, what: str) -> Json:
+    try:
+        body = json.loads(text)
+    except ValueError:
+        raise SourceUnavailable(f"{what}: the answer is not JSON") from None
+    if not isinstance(body, dict):
+        raise SourceUnavailable(f"{what}: the answer is not a JSON object")
+    return body
+
+
+def _page(body: Json, what: str) -> tuple[list[Json], bool]:
+    data = body.get("data")
+    if not isinstance(data, list):
+        raise SourceUnavailable(f"{what}: the answer has no list of data")
+    items = [item for item in data if isinstance(item, dict) and isinstance(item.get("id"), str)]
+    if len(items) != len(data):
+        log.warning("api.items_skipped", what=what, skipped=len(data) - len(items))
+    return items, bool(body.get("has_more"))
+
+
+class OpenAISource:
+    """:class:`bridge.ports.JobSource` over an ``openai.OpenAI`` client."""
+
+    def __init__(
+        self,
+        client: openai.OpenAI,
+        name: str = "openai",
+        *,
+        metadata: dict[str, str] | None = None,
+    ) -> None:
+        self.name = name
+        self._client = client
+        self._metadata = metadata
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        api_key: str,
+        base_url: str | None,
+        timeout: float,
+        max_retries: int,
+        organization: str | None = None,
+        project: str | None = None,
+        name: str = "openai",
+    ) -> OpenAISource:
+        client = openai.OpenAI(
+            api_key=api_key,
+            base_url=base_url,
+            organization=organization,
+            project=project,
+            timeout=timeout,
+            max_retries=max_retries,
+        )
+        return cls(client, name)
+
+    def _call(self, what: str, request: Callable[[], Any]) -> Json:
+        try:
+            raw = request()
+            return _json_object(raw.text, what)
+        except openai.OpenAIError as error:
+            raise translate(error, what) from None
+
+    def _paged(self, what: str, fetch: Callable[[str | None], Any]) -> Iterator[list[Json]]:
+        after: str | None = None
+        while True:
+            items, has_more = _page(self._call(what, functools.partial(fetch, after)), what)
+            yield items
+            if not has_more or not items:
+                return
+            after = items[-1]["id"]
+
+    def job_pages(self) -> Iterator[list[Json]]:
+        jobs = self._client.fine_tuning.jobs.with_raw_response
+
+        def fetch(after: str | None) -> Any:
+            return jobs.list(
+                limit=PAGE_SIZE,
+                after=after if after is not None else openai.omit,
+                metadata=self._metadata if self._metadata else openai.omit,
+            )
+
+        return self._paged("list jobs", fetch)
+
+    def get_job(self, job_id: str) -> Json:
+        jobs = self._client.fine_tuning.jobs.with_raw_response
+        return self._call(f"job {job_id}", lambda: jobs.retrieve(job_id))
+
+    def event_pages(self, job_id: str) -> Iterator[list[Json]]:
+        jobs = self._client.fine_tuning.jobs.with_raw_response
+
+        def fetch(after: str | None) -> Any:
+            return jobs.list_events(
+                job_id, limit=PAGE_SIZE, after=after if after is not None else openai.omit
+            )
+
+        return self._paged(f"events of {job_id}", fetch)

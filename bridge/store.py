@@ -1,0 +1,312 @@
+"""The state store on SQLAlchemy Core: a SQLite file by default, PostgreSQL by URL."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, cast
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from bridge import mapping, schema
+from bridge.errors import StoreError
+from bridge.ports import (
+    EventState,
+    JobState,
+    Json,
+    RunState,
+    StatusChange,
+    StoredEvent,
+)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()
+
+
+def create_db_engine(url: str) -> Engine:
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    if url in ("sqlite://", "sqlite:///:memory:"):
+        # One shared connection, or every connection would see its own empty database.
+        return sa.create_engine(
+            url, poolclass=sa.pool.StaticPool, connect_args={"check_same_thread": False}
+        )
+    engine = sa.create_engine(url, pool_pre_ping=True)
+    if engine.dialect.name == "sqlite":
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), allow_nan=True, default=str)
+
+
+def _job_state(row: sa.Row[Any]) -> JobState:
+    return JobState(
+        job_id=row.job_id,
+        source=row.source,
+        status=row.status,
+        job=json.loads(row.job_json),
+        run_state=cast(RunState, row.run_state),
+        run_segment=row.run_segment,
+        config=json.loads(row.config_json) if row.config_json else None,
+        synced=bool(row.synced),
+    )
+
+
+class SqlStore:
+    """:class:`bridge.ports.StateStore` on a SQL database."""
+
+    def __init__(self, url: str) -> None:
+        self._url_shown = sa.make_url(url).render_as_string(hide_password=True)
+        try:
+            self._engine = create_db_engine(url)
+            schema.metadata.create_all(self._engine)
+        except sa.exc.SQLAlchemyError as error:
+            raise StoreError(
+                f"state store {self._url_shown} cannot be used: {_reason(error)}"
+            ) from None
+
+    @contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        try:
+            with self._engine.begin() as conn:
+                yield conn
+        except sa.exc.SQLAlchemyError as error:
+            raise StoreError(f"state store {self._url_shown} failed: {_reason(error)}") from None
+
+    def ping(self) -> None:
+        with self._tx() as conn:
+            conn.execute(sa.text("SELECT 1"))
+
+    # Jobs
+    def get_job(self, job_id: str) -> JobState | None:
+        with self._tx() as conn:
+            row = conn.execute(sa.select(schema.jobs).where(schema.jobs.c.job_id == job_id)).first()
+        return _job_state(row) if row else None
+
+    def has_job(self, job_id: str) -> bool:
+        with self._tx() as conn:
+            found = conn.execute(
+                sa.select(schema.jobs.c.job_id).where(schema.jobs.c.job_id == job_id)
+            ).first()
+        return found is not None
+
+    def record_job(self, source: str, job: Json) -> StatusChange | None:
+        job_id = str(job["id"])
+        status = str(job.get("status") or "unknown")
+        created = job.get("created_at") if isinstance(job.get("created_at"), int) else None
+        with self._tx() as conn:
+            row = conn.execute(
+                sa.select(schema.jobs.c.status, schema.jobs.c.synced).where(
+                    schema.jobs.c.job_id == job_id
+                )
+            ).first()
+            values = {"status": status, "job_json": _dumps(job), "updated_at": time.time()}
+            if row is None:
+                conn.execute(
+                    schema.jobs.insert().values(
+                        job_id=job_id,
+                        source=source,
+                        created_at=created,
+                        run_state="pending",
+                        synced=False,
+                        next_seq=0,
+                        **values,
+                    )
+                )
+                return StatusChange(job_id, None, status, job)
+            if row.status != status:
+                # A job seen again after it was synced (resumed, say) is synced again.
+                values["synced"] = bool(row.synced) and mapping.is_terminal(status)
+            conn.execute(
+                schema.jobs.update().where(schema.jobs.c.job_id == job_id).values(**values)
+            )
+        return StatusChange(job_id, row.status, status, job) if row.status != status else None
+
+    def unsynced_jobs(self) -> list[JobState]:
+        with self._tx() as conn:
+            rows = conn.execute(
+                sa.select(schema.jobs)
+                .where(schema.jobs.c.synced.is_(False))
+                .order_by(schema.jobs.c.created_at, schema.jobs.c.job_id)
+            ).all()
+        return [_job_state(r) for r in rows]
+
+    def jobs_with_open_runs(self) -> list[JobState]:
+        with self._tx() as conn:
+            rows = conn.execute(
+                sa.select(schema.jobs).where(schema.jobs.c.run_state == "open")
+            ).all()
+        return [_job_state(r) for r in rows]
+
+    def all_jobs(self) -> list[JobState]:
+        with self._tx() as conn:
+            rows = conn.execute(sa.select(schema.jobs).order_by(schema.jobs.c.created_at)).all()
+        return [_job_state(r) for r in rows]
+
+    def set_run(
+        self,
+        job_id: str,
+        run_state: RunState,
+        segment: str | None = None,
+        config: Json | None = None,
+    ) -> None:
+        values: dict[str, Any] = {"run_state": run_state, "updated_at": time.time()}
+        if segment is not None:
+            values["run_segment"] = segment
+        if config is not None:
+            values["config_json"] = _dumps(config)
+        with self._tx() as conn:
+            conn.execute(
+                schema.jobs.update().where(schema.jobs.c.job_id == job_id).values(**values)
+            )
+
+    def mark_synced(self, job_id: str) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                schema.jobs.update().where(schema.jobs.c.job_id == job_id).values(synced=True)
+            )
+
+    # Events
+    def known_event_ids(self, job_id: str, event_ids: Sequence[str]) -> set[str]:
+        if not event_ids:
+            return set()
+        with self._tx() as conn:
+            rows = conn.execute(
+                sa.select(schema.events.c.event_id).where(
+                    schema.events.c.job_id == job_id,
+                    schema.events.c.event_id.in_(list(event_ids)),
+                )
+            ).all()
+        return {r.event_id for r in rows}
+
+    def add_events(self, job_id: str, events: Sequence[Json]) -> int:
+        if not events:
+            return 0
+        with self._tx() as conn:
+            next_seq = conn.execute(
+                sa.select(schema.jobs.c.next_seq).where(schema.jobs.c.job_id == job_id)
+            ).scalar_one()
+            known = {
+                r.event_id
+                for r in conn.execute(
+                    sa.select(schema.events.c.event_id).where(
+                        schema.events.c.job_id == job_id,
+                        schema.events.c.event_id.in_([str(e.get("id")) for e in events]),
+                    )
+                )
+            }
+            rows: list[dict[str, Any]] = []
+            for event in events:
+                event_id = str(event.get("id"))
+                if event_id in known:
+                    continue
+                known.add(event_id)
+                step = mapping.step_of(event)
+                state: EventState = "new" if step is not None else "none"
+                created = event.get("created_at")
+                rows.append(
+                    {
+                        "job_id": job_id,
+                        "event_id": event_id,
+                        "seq": next_seq + len(rows),
+                        "created_at": created if isinstance(created, int) else None,
+                        "type": str(event.get("type"))[:64],
+                        "step": step,
+                        "state": state,
+                        "payload": _dumps(event),
+                    }
+                )
+            if rows:
+                conn.execute(schema.events.insert(), rows)
+                conn.execute(
+                    schema.jobs.update()
+                    .where(schema.jobs.c.job_id == job_id)
+                    .values(next_seq=next_seq + len(rows))
+                )
+        return len(rows)
+
+    def pending_events(self, job_id: str) -> list[StoredEvent]:
+        return self._events(job_id, "new")
+
+    def events(self, job_id: str) -> list[StoredEvent]:
+        return self._events(job_id, None)
+
+    def _events(self, job_id: str, state: EventState | None) -> list[StoredEvent]:
+        query = sa.select(schema.events).where(schema.events.c.job_id == job_id)
+        if state is not None:
+            query = query.where(schema.events.c.state == state)
+        with self._tx() as conn:
+            rows = conn.execute(query.order_by(schema.events.c.seq)).all()
+        return [
+            StoredEvent(
+                job_id=r.job_id,
+                event_id=r.event_id,
+                seq=r.seq,
+                step=r.step,
+                event=json.loads(r.payload),
+                state=cast(EventState, r.state),
+            )
+            for r in rows
+        ]
+
+    def mark_sent(self, job_id: str, event_ids: Sequence[str]) -> None:
+        if not event_ids:
+            return
+        with self._tx() as conn:
+            conn.execute(
+                schema.events.update()
+                .where(
+                    schema.events.c.job_id == job_id,
+                    schema.events.c.event_id.in_(list(event_ids)),
+                )
+                .values(state="sent")
+            )
+
+    def mark_durable(self, job_id: str) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                schema.events.update()
+                .where(schema.events.c.job_id == job_id, schema.events.c.state == "sent")
+                .values(state="durable")
+            )
+
+    def recover_segment(self, job_id: str, durable_steps: set[int]) -> int:
+        sent = [e for e in self._events(job_id, "sent")]
+        on_disk = [e.event_id for e in sent if e.step in durable_steps]
+        again = [e.event_id for e in sent if e.step not in durable_steps]
+        with self._tx() as conn:
+            for ids, state in ((on_disk, "durable"), (again, "new")):
+                if ids:
+                    conn.execute(
+                        schema.events.update()
+                        .where(
+                            schema.events.c.job_id == job_id,
+                            schema.events.c.event_id.in_(ids),
+                        )
+                        .values(state=state)
+                    )
+            conn.execute(
+                schema.jobs.update()
+                .where(schema.jobs.c.job_id == job_id)
+                .values(run_state="closed", updated_at=time.time())
+            )
+        return len(again)
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+
+def _reason(error: sa.exc.SQLAlchemyError) -> str:
+    original = getattr(error, "orig", None)
+    text = str(original) if original is not None else str(error)
+    return text.splitlines()[0] if text else type(error).__name__

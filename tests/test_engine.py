@@ -1,0 +1,193 @@
+"""The engine against in-memory edges and the real SQLite store: incremental polling,
+lossless cursors across restarts and crashes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bridge.engine import Bridge
+from bridge.mapping import WandbDefaults
+from bridge.memory import MemorySink, MemorySource
+from bridge.store import SqlStore
+from tests.factories import job, message, metrics
+
+
+@pytest.fixture
+def source() -> MemorySource:
+    return MemorySource(page_size=3)
+
+
+def make_bridge(source: MemorySource, sink: MemorySink, db: Path) -> Bridge:
+    return Bridge(source, sink, SqlStore(f"sqlite:///{db}"), WandbDefaults(project="p"))
+
+
+def add_steps(source: MemorySource, job_id: str, steps: range) -> None:
+    for step in steps:
+        source.add_event(job_id, metrics(f"{job_id}-ev{step}", step))
+
+
+def steps_of(sink: MemorySink, job_id: str) -> list[int]:
+    return [row.step for row in sink.rows_of(job_id)]
+
+
+def test_first_cycle_reads_every_page_and_logs_every_step(
+    source: MemorySource, tmp_path: Path
+) -> None:
+    for i in range(7):
+        source.put_job(job(f"ftjob-{i}", status="succeeded", created_at=1000 + i))
+        source.add_event(f"ftjob-{i}", message(f"m{i}", "Fine-tuning job started"))
+        add_steps(source, f"ftjob-{i}", range(1, 6))
+    sink = MemorySink()
+    stats = make_bridge(source, sink, tmp_path / "s.db").poll()
+    assert stats.jobs_seen == 7
+    assert source.calls["list_jobs"] == 3  # 7 jobs in pages of 3
+    for i in range(7):
+        assert steps_of(sink, f"ftjob-{i}") == [1, 2, 3, 4, 5]
+    assert all(run.exit_code == 0 for run in sink.segments.values())
+    assert stats.runs_finished == 7
+
+
+def test_later_cycles_cost_one_list_and_one_event_page_per_active_job(
+    source: MemorySource, tmp_path: Path
+) -> None:
+    for i in range(9):
+        source.put_job(job(f"old-{i}", status="succeeded", created_at=100 + i))
+    for i in range(2):
+        source.put_job(job(f"live-{i}", status="running", created_at=500 + i))
+        add_steps(source, f"live-{i}", range(1, 3))
+    bridge = make_bridge(source, MemorySink(), tmp_path / "s.db")
+    bridge.poll()
+    source.calls.clear()
+    bridge.poll()
+    assert source.calls == {"list_jobs": 1, "list_events": 2}
+
+
+def test_new_events_only_are_fetched_and_logged_in_order(
+    source: MemorySource, tmp_path: Path
+) -> None:
+    source.put_job(job("ftjob-a"))
+    add_steps(source, "ftjob-a", range(1, 8))
+    sink = MemorySink()
+    bridge = make_bridge(source, sink, tmp_path / "s.db")
+    bridge.poll()
+    add_steps(source, "ftjob-a", range(8, 12))
+    source.calls.clear()
+    stats = bridge.poll()
+    assert stats.events == 4
+    assert source.calls["list_events"] == 2  # 4 new events: one full page, then the known one
+    assert steps_of(sink, "ftjob-a") == list(range(1, 12))
+
+
+def test_job_end_finishes_the_run_with_summary_and_exit_code(
+    source: MemorySource, tmp_path: Path
+) -> None:
+    source.put_job(job("ftjob-a"))
+    add_steps(source, "ftjob-a", range(1, 4))
+    sink = MemorySink()
+    bridge = make_bridge(source, sink, tmp_path / "s.db")
+    bridge.poll()
+    add_steps(source, "ftjob-a", range(4, 6))
+    failed = job(
+        "ftjob-a", status="failed", error={"code": "oops", "message": "it broke", "param": None}
+    )
+    source.put_job(failed)
+    bridge.poll()
+    (run,) = sink.segments.values()
+    assert run.exit_code == 1
+    assert run.summary["status"] == "failed"
+    assert run.summary["error_message"] == "it broke"
+    assert steps_of(sink, "ftjob-a") == [1, 2, 3, 4, 5]
+    source.calls.clear()
+    bridge.poll()
+    assert source.calls == {"list_jobs": 1}  # synced terminal jobs cost nothing
+
+
+def test_config_follows_the_job_as_auto_becomes_numbers(
+    source: MemorySource, tmp_path: Path
+) -> None:
+    source.put_job(job("ftjob-a", status="queued"))
+    sink = MemorySink()
+    bridge = make_bridge(source, sink, tmp_path / "s.db")
+    bridge.poll()
+    source.put_job(job("ftjob-a", hyperparameters={"n_epochs": 3, "batch_size": 8}))
+    bridge.poll()
+    (run,) = sink.segments.values()
+    assert run.config["hyperparameters"] == {"n_epochs": 3, "batch_size": 8}
+
+
+def test_restart_logs_nothing_twice_and_skips_nothing(source: MemorySource, tmp_path: Path) -> None:
+    source.put_job(job("ftjob-a"))
+    add_steps(source, "ftjob-a", range(1, 5))
+    sink = MemorySink()
+    first = make_bridge(source, sink, tmp_path / "s.db")
+    first.poll()
+    first.close_runs()  # graceful shutdown
+    first.store.close()
+    add_steps(source, "ftjob-a", range(5, 9))
+    second = make_bridge(source, sink, tmp_path / "s.db")
+    assert second.recover() == 0
+    second.poll()
+    assert steps_of(sink, "ftjob-a") == list(range(1, 9))
+    assert len(sink.segments) == 2
+
+
+def test_crash_resends_exactly_what_did_not_reach_disk(
+    source: MemorySource, tmp_path: Path
+) -> None:
+    source.put_job(job("ftjob-a"))
+    add_steps(source, "ftjob-a", range(1, 11))
+    sink = MemorySink()
+    first = make_bridge(source, sink, tmp_path / "s.db")
+    first.poll()
+    sink.crash(keep=6)  # kill -9: the last 4 rows never reached the file
+    first.store.close()
+    second = make_bridge(source, sink, tmp_path / "s.db")
+    assert second.recover() == 4
+    second.poll()
+    assert steps_of(sink, "ftjob-a") == list(range(1, 11))
+
+
+def test_wandb_unavailable_keeps_events_until_it_is_back(
+    source: MemorySource, tmp_path: Path
+) -> None:
+    source.put_job(job("ftjob-a"))
+    add_steps(source, "ftjob-a", range(1, 4))
+    sink = MemorySink()
+    sink.fail_open = True
+    bridge = make_bridge(source, sink, tmp_path / "s.db")
+    stats = bridge.poll()
+    assert stats.errors and "did not open" in stats.errors[0]
+    sink.fail_open = False
+    bridge.poll()
+    assert steps_of(sink, "ftjob-a") == [1, 2, 3]
+
+
+def test_native_jobs_are_tracked_but_not_written(source: MemorySource, tmp_path: Path) -> None:
+    native = [{"type": "wandb", "wandb": {"project": "theirs"}}]
+    source.put_job(job("ftjob-n", status="succeeded", integrations=native))
+    add_steps(source, "ftjob-n", range(1, 3))
+    sink = MemorySink()
+    bridge = make_bridge(source, sink, tmp_path / "s.db")
+    bridge.poll()
+    assert sink.segments == {}
+    state = bridge.store.get_job("ftjob-n")
+    assert state is not None and state.synced and state.run_state == "skipped"
+
+
+def test_unsynced_job_missing_from_the_listing_is_fetched_directly(
+    source: MemorySource, tmp_path: Path
+) -> None:
+    source.put_job(job("ftjob-old", status="running", created_at=1))
+    bridge = make_bridge(source, MemorySink(), tmp_path / "s.db")
+    bridge.poll()
+    for i in range(5):  # newer jobs push it off the first page
+        source.put_job(job(f"new-{i}", status="succeeded", created_at=100 + i))
+    bridge.poll()
+    source.put_job(job("ftjob-old", status="succeeded", created_at=1))
+    source.calls.clear()
+    bridge.poll()
+    assert source.calls["get_job"] == 1
+    state = bridge.store.get_job("ftjob-old")
+    assert state is not None and state.status == "succeeded" and state.synced
