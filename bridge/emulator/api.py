@@ -1,0 +1,186 @@
+"""Requests in, responses out: routing, auth, faults and counting; no sockets here."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from pydantic import ValidationError
+
+from bridge.emulator import ids
+from bridge.emulator.account import Account
+from bridge.emulator.errors import ApiError, invalid_url
+from bridge.emulator.faults import FaultInjector, Faults
+from bridge.emulator.scenario import JobScenario
+
+_JOB = r"/v1/fine_tuning/jobs/(?P<id>[^/]+)"
+_FILE = r"/v1/files/(?P<id>[^/]+)"
+ROUTES: list[tuple[str, re.Pattern[str], str]] = [
+    (method, re.compile(pattern + r"\Z"), kind)
+    for method, pattern, kind in [
+        ("GET", r"/v1/fine_tuning/jobs", "list_jobs"),
+        ("POST", r"/v1/fine_tuning/jobs", "create"),
+        ("GET", _JOB, "retrieve"),
+        ("GET", _JOB + "/events", "list_events"),
+        ("GET", _JOB + "/checkpoints", "list_checkpoints"),
+        ("POST", _JOB + "/cancel", "cancel"),
+        ("POST", _JOB + "/pause", "pause"),
+        ("POST", _JOB + "/resume", "resume"),
+        ("GET", _FILE, "retrieve_file"),
+        ("GET", _FILE + "/content", "file_content"),
+    ]
+]
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    target: str  # path and query string
+    headers: dict[str, str]  # lower-case names
+    body: bytes = b""
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def json(cls, status: int, payload: Any, headers: dict[str, str] | None = None) -> Response:
+        return cls(status, json.dumps(payload).encode(), headers=headers or {})
+
+
+def _route(method: str, path: str) -> tuple[str, dict[str, str]]:
+    for route_method, pattern, kind in ROUTES:
+        match = pattern.match(path)
+        if match and route_method == method:
+            return kind, match.groupdict()
+    return "unknown", {}
+
+
+def _json_body(request: Request) -> Any:
+    if not request.body:
+        return {}
+    try:
+        return json.loads(request.body)
+    except ValueError:
+        raise ApiError(400, "We could not parse the JSON body of your request.") from None
+
+
+class Api:
+    """The emulated HTTP API, minus the HTTP."""
+
+    def __init__(self, account: Account, api_key: str | None, faults: FaultInjector) -> None:
+        self.account = account
+        self.api_key = api_key
+        self.faults = faults
+        self.counts: Counter[str] = Counter()
+        self.lock = threading.Lock()
+
+    @property
+    def request_count(self) -> int:
+        with self.lock:
+            return sum(self.counts.values())
+
+    def handle(self, request: Request) -> Response:
+        url = urlsplit(request.target)
+        path = url.path.rstrip("/") or "/"
+        query = dict(parse_qsl(url.query, keep_blank_values=True))
+        try:
+            if path.startswith("/_emulator/"):
+                return self._control(request.method, path, request)
+            return self._api(request, path, query)
+        except ApiError as error:
+            return Response.json(error.status, error.body(), error.headers)
+
+    def _api(self, request: Request, path: str, query: dict[str, str]) -> Response:
+        kind, params = _route(request.method, path)
+        with self.lock:
+            self.counts[kind] += 1
+            number = sum(self.counts.values())
+        headers = {"x-request-id": "req_" + ids.token("request", number, length=32)}
+        latency = self.faults.faults.latency
+        if latency:
+            time.sleep(latency)
+        fault = self.faults.draw()
+        if fault is not None:
+            raise fault
+        self._authenticate(request.headers)
+        if kind == "unknown":
+            raise invalid_url(request.method, path)
+        result = self._dispatch(kind, params.get("id", ""), query, request)
+        if isinstance(result, bytes):
+            return Response(200, result, "application/octet-stream", headers)
+        return Response.json(200, result, headers)
+
+    def _authenticate(self, headers: dict[str, str]) -> None:
+        if self.api_key is None:
+            return
+        given = headers.get("authorization", "").removeprefix("Bearer ").strip()
+        given = given or headers.get("api-key", "")
+        if given == self.api_key:
+            return
+        shown = f"{given[:3]}***{given[-4:]}" if len(given) > 8 else "***"
+        message = (
+            f"Incorrect API key provided: {shown}. You can find your API key at "
+            "https://platform.openai.com/account/api-keys."
+        )
+        if not given:
+            message = "You didn't provide an API key. Provide it in an Authorization header."
+        raise ApiError(401, message, code="invalid_api_key" if given else None)
+
+    def _dispatch(
+        self, kind: str, ident: str, query: dict[str, str], request: Request
+    ) -> dict[str, Any] | bytes:
+        account = self.account
+        if kind == "list_jobs":
+            return account.list_jobs(query)
+        if kind == "create":
+            return account.create(_json_body(request))
+        if kind == "retrieve":
+            return account.retrieve(ident)
+        if kind == "list_events":
+            return account.list_events(ident, query)
+        if kind == "list_checkpoints":
+            return account.list_checkpoints(ident, query)
+        if kind in ("cancel", "pause", "resume"):
+            return account.intervene(ident, kind)  # type: ignore[arg-type]
+        if kind == "retrieve_file":
+            return account.file(ident)
+        return account.file_content(ident)
+
+    def _control(self, method: str, path: str, request: Request) -> Response:
+        """`/_emulator/...`: steer a running emulator (no auth, no faults, not counted)."""
+        try:
+            if (method, path) == ("POST", "/_emulator/faults"):
+                self.faults.set(Faults.model_validate(_json_body(request)))
+                return Response.json(200, self.faults.faults.model_dump())
+            if (method, path) == ("POST", "/_emulator/jobs"):
+                job = JobScenario.model_validate(_json_body(request))
+                return Response.json(200, {"id": self.account.add(job)})
+            if (method, path) == ("POST", "/_emulator/advance"):
+                seconds = float(_json_body(request).get("seconds", 0))
+                self.account.clock.advance(seconds)
+                return Response.json(200, {"now": self.account.now()})
+        except (ValidationError, ValueError, TypeError, AttributeError) as error:
+            raise ApiError(400, str(error)) from None
+        if (method, path) == ("GET", "/_emulator/stats"):
+            with self.lock:
+                counts = dict(self.counts)
+            return Response.json(
+                200,
+                {
+                    "request_count": sum(counts.values()),
+                    "counts": counts,
+                    "now": self.account.now(),
+                },
+            )
+        raise invalid_url(method, path)
