@@ -26,6 +26,7 @@ def wandb_options(settings: Settings) -> WandbOptions:
         base_url=settings.wandb_base_url,
         init_timeout=settings.wandb_init_timeout,
         finish_timeout=settings.wandb_finish_timeout,
+        flush_interval=settings.wandb_flush_interval,
     )
 
 

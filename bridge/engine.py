@@ -62,22 +62,23 @@ class Bridge:
 
     # Start-up
     def recover(self) -> int:
-        """Repair runs left open by a crash: what their segment holds stays, the rest is
-        sent again into a new segment."""
-        again = 0
-        for state in self.store.jobs_with_open_runs():
-            if self.sink.is_open(state.job_id):
-                continue
-            steps = self.sink.durable_steps(state.run_segment) if state.run_segment else set()
-            resent = self.store.recover_segment(state.job_id, steps)
-            again += resent
-            log.info(
-                "run.recovered",
-                job_id=state.job_id,
-                steps_on_disk=len(steps),
-                rows_to_resend=resent,
-            )
-        return again
+        """Repair every run left open by a crash (see :meth:`repair`)."""
+        return sum(
+            self.repair(state)
+            for state in self.store.jobs_with_open_runs()
+            if not self.sink.is_open(state.job_id)
+        )
+
+    def repair(self, state: JobState) -> int:
+        """A run the store thinks open but the sink does not hold (a crash, or a finish that
+        failed): what its segment holds on disk stays, the rest is sent again into a new
+        segment. Returns how many rows go back to be sent."""
+        steps = self.sink.durable_steps(state.run_segment) if state.run_segment else set()
+        resent = self.store.recover_segment(state.job_id, steps)
+        log.info(
+            "run.recovered", job_id=state.job_id, steps_on_disk=len(steps), rows_to_resend=resent
+        )
+        return resent
 
     # One cycle
     def poll(self) -> CycleStats:
@@ -170,6 +171,8 @@ class Bridge:
     def _ensure_open(self, state: JobState) -> None:
         spec = mapping.run_spec(state.job, self.defaults, self.source.name)
         if not self.sink.is_open(state.job_id):
+            if state.run_state == "open":
+                self.repair(state)
             segment = self.sink.open(spec)
             self.store.set_run(state.job_id, "open", segment, spec.config)
             log.info("run.opened", job_id=state.job_id, project=spec.project, segment=segment)

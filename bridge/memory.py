@@ -82,6 +82,7 @@ class MemorySink:
         self.segments: dict[str, MemoryRun] = {}
         self._open: dict[str, str] = {}
         self.fail_open = False
+        self.fail_finish_keeping: int | None = None
 
     def open(self, spec: RunSpec) -> str:
         if spec.run_id in self._open:
@@ -113,9 +114,12 @@ class MemorySink:
 
     def finish(self, run_id: str, exit_code: int, *, preempted: bool = False) -> None:
         run = self._current(run_id)
+        del self._open[run_id]
+        if self.fail_finish_keeping is not None:
+            del run.rows[self.fail_finish_keeping :]
+            raise SinkUnavailable(f"run {run_id} is not confirmed on disk")
         run.exit_code = exit_code
         run.preempted = preempted
-        del self._open[run_id]
 
     def durable_steps(self, segment: str) -> set[int]:
         run = self.segments.get(segment)

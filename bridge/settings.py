@@ -50,6 +50,7 @@ class Settings(BaseSettings):
     wandb_native_jobs: Literal["skip", "mirror"] = "skip"
     wandb_init_timeout: float = Field(default=60.0, gt=0)
     wandb_finish_timeout: float = Field(default=10.0, gt=0)
+    wandb_flush_interval: float = Field(default=1.0, gt=0, le=60)
     shutdown_timeout: float = Field(default=25.0, gt=0)
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -14,7 +14,7 @@ import wandb
 from bridge.errors import SinkUnavailable
 from bridge.mapping import MetricRow, RunSpec
 from bridge.ports import Json
-from bridge.wandbfile import WandbFileError, read_run
+from bridge.wandbfile import WandbFileError, read_run, wait_for_exit
 
 log = structlog.get_logger(__name__)
 
@@ -29,6 +29,7 @@ class WandbOptions:
     base_url: str | None = None
     init_timeout: float = 60.0
     finish_timeout: float = 10.0
+    flush_interval: float = 1.0
 
 
 class WandbSink:
@@ -39,6 +40,8 @@ class WandbSink:
         self._runs: dict[str, Any] = {}
         self._last_step: dict[str, int] = {}
         options.directory.mkdir(parents=True, exist_ok=True)
+        # The process-wide settings: wandb's own terminal messages stay out of our logs.
+        wandb.setup(wandb.Settings(silent=True, show_info=False))
 
     def _settings(self) -> Any:
         opts = self._options
@@ -60,6 +63,9 @@ class WandbSink:
             x_disable_machine_info=True,
             x_disable_meta=True,
             x_save_requirements=False,
+            # wandb-core writes the .wandb file every 15 s by default: a kill -9 loses up to
+            # that much, which the bridge then sends again. Flushing often keeps that small.
+            x_transaction_log_flush_interval=opts.flush_interval,
             **extra,
         )
 
@@ -137,12 +143,23 @@ class WandbSink:
         self._last_step.pop(run_id, None)
         if run is None:
             return
+        segment = str(run.settings.sync_file)
         try:
             if preempted:
                 run.mark_preempting()
             run.finish(exit_code=exit_code)
         except Exception as error:  # noqa: BLE001
             raise SinkUnavailable(f"W&B did not finish run {run_id}: {_reason(error)}") from None
+        if self._options.mode != "disabled":
+            self._confirm_on_disk(run_id, segment)
+
+    def _confirm_on_disk(self, run_id: str, segment: str) -> None:
+        """``finish()`` returns a moment before wandb-core writes the file's tail: wait for
+        the exit record, so that "finished" really means "on disk"."""
+        try:
+            wait_for_exit(segment, timeout=self._options.finish_timeout)
+        except (TimeoutError, WandbFileError, OSError) as error:
+            raise SinkUnavailable(f"run {run_id} is not confirmed on disk: {error}") from None
 
     def durable_steps(self, segment: str) -> set[int]:
         path = Path(segment)

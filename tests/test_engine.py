@@ -149,6 +149,26 @@ def test_crash_resends_exactly_what_did_not_reach_disk(
     assert steps_of(sink, "ftjob-a") == list(range(1, 11))
 
 
+def test_a_failed_finish_is_repaired_on_the_next_cycle(
+    source: MemorySource, tmp_path: Path
+) -> None:
+    source.put_job(job("ftjob-a"))
+    add_steps(source, "ftjob-a", range(1, 9))
+    sink = MemorySink()
+    bridge = make_bridge(source, sink, tmp_path / "s.db")
+    bridge.poll()
+    source.put_job(job("ftjob-a", status="succeeded"))
+    sink.fail_finish_keeping = 5
+    stats = bridge.poll()
+    assert stats.errors and "not confirmed" in stats.errors[0]
+    sink.fail_finish_keeping = None
+    bridge.poll()
+    assert steps_of(sink, "ftjob-a") == list(range(1, 9))
+    state = bridge.store.get_job("ftjob-a")
+    assert state is not None and state.synced
+    assert [run.exit_code for run in sink.segments.values()] == [None, 0]
+
+
 def test_wandb_unavailable_keeps_events_until_it_is_back(
     source: MemorySource, tmp_path: Path
 ) -> None:

@@ -1,0 +1,151 @@
+"""Shared fixtures: the emulator in-process, the bridge as a subprocess, waiting helpers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.emulator import Emulator, JobScenario, Scenario
+from bridge.store import SqlStore
+
+API_KEY = "sk-test-0123456789abcdef"
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@pytest.fixture
+def start_emulator() -> Iterator[Callable[..., Emulator]]:
+    started: list[Emulator] = []
+
+    def start(jobs: list[JobScenario], time_scale: float = 1.0, **kwargs: Any) -> Emulator:
+        scenario = Scenario(jobs=jobs, time_scale=time_scale, seed=7)
+        emulator = Emulator(scenario, api_key=API_KEY, **kwargs)
+        emulator.start()
+        started.append(emulator)
+        return emulator
+
+    yield start
+    for emulator in started:
+        emulator.stop()
+
+
+@dataclass
+class BridgeProcess:
+    """``ftbridge`` run as a user would: a subprocess with its environment."""
+
+    workdir: Path
+    env: dict[str, str]
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def wandb_dir(self) -> Path:
+        return self.workdir
+
+    @property
+    def db_path(self) -> Path:
+        return self.workdir / "state.db"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "bridge.log"
+
+    def start(self, *args: str) -> subprocess.Popen[bytes]:
+        with self.log_path.open("ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "bridge.cli", *(args or ("run",))],
+                env=self.env,
+                cwd=self.workdir,
+                stdout=log,
+                stderr=log,
+            )
+        self.procs.append(proc)
+        return proc
+
+    def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "bridge.cli", *args],
+            env=self.env,
+            cwd=self.workdir,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def stop(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> int:
+        proc.send_signal(sig)
+        return proc.wait(timeout=40)
+
+    def store(self) -> SqlStore:
+        return SqlStore(f"sqlite:///{self.db_path}")
+
+    def logs(self) -> list[dict[str, Any]]:
+        lines = self.log_path.read_text().splitlines() if self.log_path.exists() else []
+        return [json.loads(line) for line in lines if line.startswith("{")]
+
+    def raw_log(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+    def started(self) -> bool:
+        return '"daemon.started"' in self.raw_log() or "sync." in self.raw_log()
+
+    def all_synced(self, n_jobs: int) -> bool:
+        if not self.started():
+            return False
+        store = self.store()
+        try:
+            jobs = store.all_jobs()
+            return len(jobs) >= n_jobs and all(j.synced for j in jobs)
+        finally:
+            store.close()
+
+
+@pytest.fixture
+def bridge_process(tmp_path: Path) -> Iterator[Callable[..., BridgeProcess]]:
+    made: list[BridgeProcess] = []
+
+    def make(emulator: Emulator | str, **extra: str) -> BridgeProcess:
+        base_url = emulator if isinstance(emulator, str) else emulator.base_url
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "OPENAI_"))}
+        env.pop("FTBRIDGE_CONFIG", None)
+        defaults = dict(
+            OPENAI_API_KEY=API_KEY,
+            OPENAI_BASE_URL=base_url,
+            WANDB_MODE="offline",
+            WANDB_DIR=str(tmp_path),
+            WANDB_PROJECT="e2e",
+            FTBRIDGE_DATABASE_URL=f"sqlite:///{tmp_path / 'state.db'}",
+            FTBRIDGE_POLL_INTERVAL="0.5",
+            FTBRIDGE_LOG_FORMAT="json",
+            FTBRIDGE_REQUEST_TIMEOUT="5",
+            FTBRIDGE_MAX_RETRIES="0",
+            FTBRIDGE_BACKOFF_MAX="2",
+        )
+        env.update({**defaults, **extra})
+        process = BridgeProcess(tmp_path, env)
+        made.append(process)
+        return process
+
+    yield make
+    for process in made:
+        for proc in process.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
