@@ -6,9 +6,11 @@ from pathlib import Path
 
 import structlog
 
+from bridge import mapping
 from bridge.engine import Bridge
 from bridge.errors import ConfigError
 from bridge.mapping import WandbDefaults
+from bridge.notify import OutboxWriter, dispatcher_for, targets_of
 from bridge.settings import Settings
 from bridge.sink_wandb import WandbOptions, WandbSink
 from bridge.source_openai import OpenAISource
@@ -48,6 +50,16 @@ def build_bridge(settings: Settings) -> Bridge:
             detail="WANDB_API_KEY is not set: runs are written offline (upload: wandb sync)",
             directory=str(options.directory / "wandb"),
         )
-    store = SqlStore(settings.database_url)
-    defaults = WandbDefaults(project=settings.wandb_project, entity=settings.wandb_entity)
-    return Bridge(source, WandbSink(options), store, defaults, settings.wandb_native_jobs)
+    targets = targets_of(settings)
+    store = SqlStore(
+        settings.database_url,
+        on_change=OutboxWriter(targets, settings.notify_backfill, source.name) if targets else None,
+    )
+    defaults = WandbDefaults(
+        project=settings.wandb_project,
+        entity=settings.wandb_entity,
+        app_url=mapping.app_url(settings.wandb_base_url),
+    )
+    bridge = Bridge(source, WandbSink(options), store, defaults, settings.wandb_native_jobs)
+    bridge.dispatcher = dispatcher_for(store.engine, targets, settings)
+    return bridge

@@ -9,13 +9,14 @@ from pathlib import Path
 
 import structlog
 
-from bridge import __version__
+from bridge import __version__, webhook_commands
 from bridge.app import build_bridge
 from bridge.daemon import run_daemon
 from bridge.demo import run_demo
 from bridge.engine import Bridge, CycleStats
 from bridge.errors import BridgeError, ConfigError, JobNotFound, SourceRejected
 from bridge.logs import configure_logging
+from bridge.notify import targets_of
 from bridge.settings import Settings, load_settings
 
 log = structlog.get_logger(__name__)
@@ -65,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--dir", type=Path, default=Path("ftbridge-demo"), help="where to write")
     demo.add_argument("--time-scale", type=float, default=1.0, help="emulated seconds per second")
+    webhook_commands.add_parser(commands)
     return parser
 
 
@@ -77,6 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _configure(settings)
         if args.command == "run":
             return _run(settings)
+        if args.command == "webhooks":
+            return webhook_commands.run(settings, args)
         return _sync(settings, args)
     except ConfigError as error:
         print(f"ftbridge: configuration error: {error}", file=sys.stderr)
@@ -87,7 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _configure(settings: Settings) -> None:
-    configure_logging(level=settings.log_level, fmt=settings.log_format, secrets=settings.secrets())
+    secrets = settings.secrets() + targets_of(settings).secrets()
+    configure_logging(level=settings.log_level, fmt=settings.log_format, secrets=secrets)
 
 
 def _run(settings: Settings) -> int:
@@ -107,9 +112,14 @@ def _sync(settings: Settings, args: argparse.Namespace) -> int:
     if bool(args.all) == bool(args.jobs):
         raise ConfigError("sync takes either --all or one or more job ids")
     bridge = build_bridge(settings)
+    if bridge.dispatcher is not None:
+        bridge.dispatcher.start()
     try:
         stats = sync_once(bridge, None if args.all else list(args.jobs))
     finally:
+        if bridge.dispatcher is not None:
+            # One round of attempts; what is left is delivered by the daemon.
+            bridge.dispatcher.stop(timeout=settings.webhook_timeout)
         bridge.store.close()
     log.info("sync.done", jobs=stats.jobs_seen, rows_logged=stats.rows_logged)
     return 1 if stats.errors else 0

@@ -122,12 +122,18 @@ def run_daemon(
         misfire_grace_time=None,
     )
     scheduler.start()
+    if bridge.dispatcher is not None:
+        bridge.dispatcher.start()
     log.info("daemon.started", poll_interval=interval)
     stop.wait()
     deadline = time.monotonic() + shutdown_timeout
     bridge.stopping.set()
     scheduler.shutdown(wait=False)
-    return _drain(bridge, poller, deadline)
+    code = _drain(bridge, poller, deadline)
+    if bridge.dispatcher is not None:
+        # What is not delivered stays in the outbox for the next start.
+        bridge.dispatcher.stop(timeout=max(1.0, deadline - time.monotonic()))
+    return code
 
 
 def _drain(bridge: Bridge, poller: Poller, deadline: float) -> int:

@@ -21,6 +21,7 @@ from bridge import mapping
 from bridge.errors import JobNotFound, RetryableError, SinkUnavailable
 from bridge.mapping import WandbDefaults
 from bridge.ports import JobSource, JobState, Json, RunSink, StateStore
+from bridge.webhooks import Dispatcher
 
 log = structlog.get_logger(__name__)
 
@@ -59,6 +60,8 @@ class Bridge:
         self.native_mode = native_mode
         self._now = time.time
         self.stopping = threading.Event()
+        # Delivers what status changes wrote to the outbox; None when there are no targets.
+        self.dispatcher: Dispatcher | None = None
 
     # Start-up
     def recover(self) -> int:
@@ -84,6 +87,8 @@ class Bridge:
     def poll(self) -> CycleStats:
         stats = CycleStats()
         stats.jobs_seen = self.discover(stats)
+        if self.dispatcher is not None:
+            self.dispatcher.wake()  # status changes are in the outbox: deliver them now
         self.sync_unsynced(stats)
         return stats
 
@@ -110,7 +115,9 @@ class Bridge:
                 return
 
     def observe(self, job: Json) -> None:
-        change = self.store.record_job(self.source.name, job)
+        spec = mapping.run_spec(job, self.defaults, self.source.name)
+        url = mapping.run_url(spec, self.defaults.app_url)
+        change = self.store.record_job(self.source.name, job, run_url=url)
         if change is not None:
             log.info(
                 "job.status",
@@ -149,6 +156,8 @@ class Bridge:
         self._log_pending(job_id, stats)
         self.sink.update_summary(job_id, self._summary(state))
         if mapping.is_terminal(state.status):
+            if state.status == "failed":
+                self.sink.alert(job_id, *mapping.alert_text(state.job))
             self.sink.finish(job_id, mapping.exit_code(state.status))
             self.store.mark_durable(job_id)
             self.store.set_run(job_id, "finished")

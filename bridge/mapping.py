@@ -41,6 +41,7 @@ class WandbDefaults:
     project: str
     entity: str | None = None
     extra_tags: tuple[str, ...] = ()
+    app_url: str = "https://wandb.ai"
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,30 @@ def run_spec(job: Mapping[str, Any], defaults: WandbDefaults, source: str | None
         tags=clean_tags(tags),
         config=run_config(job, source),
     )
+
+
+def run_url(spec: RunSpec, app_url: str) -> str | None:
+    """The run's page, when its entity is known (W&B's URL needs it)."""
+    if not spec.entity:
+        return None
+    return f"{app_url.rstrip('/')}/{spec.entity}/{spec.project}/runs/{spec.run_id}"
+
+
+def app_url(base_url: str | None) -> str:
+    """W&B's web address from its API address (``api.wandb.ai`` serves ``wandb.ai``)."""
+    if not base_url:
+        return "https://wandb.ai"
+    return base_url.rstrip("/").replace("://api.wandb.ai", "://wandb.ai")
+
+
+def alert_text(job: Mapping[str, Any]) -> tuple[str, str]:
+    """Title and text of the W&B alert raised when a job fails."""
+    summary = run_summary(job)
+    title = f"Fine-tuning job {job.get('id')} {summary.get('status')}"
+    reason = summary.get("error_message") or "no error message"
+    code = summary.get("error_code")
+    text = f"{job.get('model')}: {reason}" + (f" ({code})" if code else "")
+    return title, text
 
 
 def should_write_run(job: Mapping[str, Any], native_mode: NativeMode) -> bool:

@@ -72,6 +72,7 @@ class MemoryRun:
     summary: Json = field(default_factory=dict)
     exit_code: int | None = None
     preempted: bool = False
+    alerts: list[tuple[str, str]] = field(default_factory=list)
 
 
 class MemorySink:
@@ -120,6 +121,9 @@ class MemorySink:
             raise SinkUnavailable(f"run {run_id} is not confirmed on disk")
         run.exit_code = exit_code
         run.preempted = preempted
+
+    def alert(self, run_id: str, title: str, text: str) -> None:
+        self._current(run_id).alerts.append((title, text))
 
     def durable_steps(self, segment: str) -> set[int]:
         run = self.segments.get(segment)

@@ -56,6 +56,10 @@ class RunSink(Protocol):
 
     def open_runs(self) -> list[str]: ...
 
+    def alert(self, run_id: str, title: str, text: str) -> None:
+        """Raise an alert on the run (W&B's own alert routing)."""
+        ...
+
 
 @dataclass(frozen=True)
 class JobState:
@@ -69,6 +73,7 @@ class JobState:
     run_segment: str | None = None
     config: Json | None = None
     synced: bool = False
+    run_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -83,10 +88,15 @@ class StoredEvent:
 
 @dataclass(frozen=True)
 class StatusChange:
+    """A job's status as first seen, or changed. ``seq`` numbers the job's changes (0 for
+    the first sight), so that whatever is derived from a change can have a stable id."""
+
     job_id: str
     previous: str | None
     current: str
     job: Json = field(default_factory=dict)
+    seq: int = 0
+    run_url: str | None = None
 
 
 class StateStore(Protocol):
@@ -97,8 +107,11 @@ class StateStore(Protocol):
 
     def has_job(self, job_id: str) -> bool: ...
 
-    def record_job(self, source: str, job: Json) -> StatusChange | None:
-        """Save the snapshot; return the status change it makes, if any."""
+    def record_job(
+        self, source: str, job: Json, *, run_url: str | None = None
+    ) -> StatusChange | None:
+        """Save the snapshot; return the status change it makes, if any. A change is handed
+        to the store's change hook inside the same transaction (the webhook outbox)."""
         ...
 
     def unsynced_jobs(self) -> list[JobState]: ...

@@ -30,6 +30,8 @@ jobs = Table(
     Column("config_json", Text, nullable=True),
     Column("synced", Boolean, nullable=False, default=False),
     Column("next_seq", Integer, nullable=False, default=0),
+    Column("status_seq", Integer, nullable=False, default=0),
+    Column("run_url", Text, nullable=True),
     Column("updated_at", Float, nullable=False),
 )
 Index("ix_jobs_synced", jobs.c.synced)
@@ -47,3 +49,7 @@ events = Table(
     Column("payload", Text, nullable=False),
 )
 Index("ix_events_job_state_seq", events.c.job_id, events.c.state, events.c.seq)
+
+# The webhook outbox's tables live beside the code that uses them; importing the module
+# registers them on ``metadata`` so that every store creates them.
+import bridge.webhooks.outbox  # noqa: E402, F401

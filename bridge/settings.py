@@ -52,6 +52,14 @@ class Settings(BaseSettings):
     wandb_finish_timeout: float = Field(default=10.0, gt=0)
     wandb_flush_interval: float = Field(default=1.0, gt=0, le=60)
     shutdown_timeout: float = Field(default=25.0, gt=0)
+    webhook_urls: str | None = None
+    webhook_secret: SecretStr | None = None
+    webhook_allow_private: bool = False
+    webhook_timeout: float = Field(default=10.0, gt=0, le=120)
+    chat_urls: SecretStr | None = None
+    notify_backfill: bool = False
+    webhooks: list[dict[str, Any]] = Field(default_factory=list)
+    chats: list[dict[str, Any]] = Field(default_factory=list)
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -92,8 +100,10 @@ class Settings(BaseSettings):
 
     def secrets(self) -> list[str]:
         """The secret values, for the log redactor."""
-        found = [self.openai_api_key, self.wandb_api_key]
-        return [s.get_secret_value() for s in found if s is not None and s.get_secret_value()]
+        found = [self.openai_api_key, self.wandb_api_key, self.webhook_secret, self.chat_urls]
+        values = [s.get_secret_value() for s in found if s is not None and s.get_secret_value()]
+        # Several comma-separated secrets (a rotation) are redacted one by one too.
+        return values + [part for v in values if "," in v for part in v.split(",") if part]
 
     @classmethod
     def settings_customise_sources(
@@ -134,7 +144,9 @@ def _field_of(loc: tuple[int | str, ...]) -> str:
     return head
 
 
-_SECRET_FIELDS = frozenset({"openai_api_key", "wandb_api_key"})
+_SECRET_FIELDS = frozenset(
+    {"openai_api_key", "wandb_api_key", "webhook_secret", "chat_urls", "webhooks", "chats"}
+)
 
 
 def _one_line(error: ValidationError, source: str) -> str:

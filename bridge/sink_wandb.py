@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 import structlog
 import wandb
+from wandb.sdk.wandb_alerts import AlertLevel
 
 from bridge.errors import SinkUnavailable
 from bridge.mapping import MetricRow, RunSpec
@@ -160,6 +161,15 @@ class WandbSink:
             wait_for_exit(segment, timeout=self._options.finish_timeout)
         except (TimeoutError, WandbFileError, OSError) as error:
             raise SinkUnavailable(f"run {run_id} is not confirmed on disk: {error}") from None
+
+    def alert(self, run_id: str, title: str, text: str) -> None:
+        run = self._run(run_id)
+        try:
+            run.alert(title=title, text=text, level=AlertLevel.ERROR)
+        except Exception as error:  # noqa: BLE001
+            raise SinkUnavailable(
+                f"W&B did not take the alert of {run_id}: {_reason(error)}"
+            ) from None
 
     def durable_steps(self, segment: str) -> set[int]:
         path = Path(segment)

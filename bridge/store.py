@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, cast
 
@@ -59,13 +59,21 @@ def _job_state(row: sa.Row[Any]) -> JobState:
         run_segment=row.run_segment,
         config=json.loads(row.config_json) if row.config_json else None,
         synced=bool(row.synced),
+        run_url=row.run_url,
     )
 
 
-class SqlStore:
-    """:class:`bridge.ports.StateStore` on a SQL database."""
+ChangeHook = Callable[[Connection, StatusChange], object]
 
-    def __init__(self, url: str) -> None:
+
+class SqlStore:
+    """:class:`bridge.ports.StateStore` on a SQL database.
+
+    ``on_change`` is called with the open transaction for every status change, so that what
+    it writes (the webhook outbox) commits or rolls back with the change itself."""
+
+    def __init__(self, url: str, *, on_change: ChangeHook | None = None) -> None:
+        self.on_change = on_change
         self._url_shown = sa.make_url(url).render_as_string(hide_password=True)
         try:
             self._engine = create_db_engine(url)
@@ -82,6 +90,10 @@ class SqlStore:
                 yield conn
         except sa.exc.SQLAlchemyError as error:
             raise StoreError(f"state store {self._url_shown} failed: {_reason(error)}") from None
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
 
     def ping(self) -> None:
         with self._tx() as conn:
@@ -100,17 +112,28 @@ class SqlStore:
             ).first()
         return found is not None
 
-    def record_job(self, source: str, job: Json) -> StatusChange | None:
+    def record_job(
+        self, source: str, job: Json, *, run_url: str | None = None
+    ) -> StatusChange | None:
         job_id = str(job["id"])
         status = str(job.get("status") or "unknown")
         created = job.get("created_at") if isinstance(job.get("created_at"), int) else None
         with self._tx() as conn:
             row = conn.execute(
-                sa.select(schema.jobs.c.status, schema.jobs.c.synced).where(
-                    schema.jobs.c.job_id == job_id
-                )
+                sa.select(
+                    schema.jobs.c.status,
+                    schema.jobs.c.synced,
+                    schema.jobs.c.status_seq,
+                    schema.jobs.c.run_url,
+                ).where(schema.jobs.c.job_id == job_id)
             ).first()
-            values = {"status": status, "job_json": _dumps(job), "updated_at": time.time()}
+            values: dict[str, Any] = {
+                "status": status,
+                "job_json": _dumps(job),
+                "updated_at": time.time(),
+            }
+            if run_url is not None:
+                values["run_url"] = run_url
             if row is None:
                 conn.execute(
                     schema.jobs.insert().values(
@@ -120,17 +143,34 @@ class SqlStore:
                         run_state="pending",
                         synced=False,
                         next_seq=0,
+                        status_seq=0,
                         **values,
                     )
                 )
-                return StatusChange(job_id, None, status, job)
-            if row.status != status:
+                change = StatusChange(job_id, None, status, job, 0, run_url)
+            elif row.status != status:
                 # A job seen again after it was synced (resumed, say) is synced again.
                 values["synced"] = bool(row.synced) and mapping.is_terminal(status)
+                values["status_seq"] = row.status_seq + 1
+                conn.execute(
+                    schema.jobs.update().where(schema.jobs.c.job_id == job_id).values(**values)
+                )
+                url = run_url or row.run_url
+                change = StatusChange(job_id, row.status, status, job, row.status_seq + 1, url)
+            else:
+                conn.execute(
+                    schema.jobs.update().where(schema.jobs.c.job_id == job_id).values(**values)
+                )
+                return None
+            if self.on_change is not None:
+                self.on_change(conn, change)
+        return change
+
+    def set_run_url(self, job_id: str, url: str) -> None:
+        with self._tx() as conn:
             conn.execute(
-                schema.jobs.update().where(schema.jobs.c.job_id == job_id).values(**values)
+                schema.jobs.update().where(schema.jobs.c.job_id == job_id).values(run_url=url)
             )
-        return StatusChange(job_id, row.status, status, job) if row.status != status else None
 
     def unsynced_jobs(self) -> list[JobState]:
         with self._tx() as conn:

@@ -1,0 +1,52 @@
+"""Notifications wiring: the webhook and chat targets from the settings, the store's change
+hook that writes the outbox, and the dispatcher that delivers it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy.engine import Connection, Engine
+
+from bridge.ports import StatusChange
+from bridge.settings import Settings
+from bridge.webhooks import Dispatcher, Targets, enqueue_change, targets_from_settings
+
+
+def targets_of(settings: Settings) -> Targets:
+    """Validated targets; a bad one raises :class:`bridge.errors.ConfigError`."""
+    secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
+    chats = settings.chat_urls.get_secret_value() if settings.chat_urls else ""
+    return targets_from_settings(
+        [settings.webhook_urls or ""],
+        secret,
+        settings.webhooks,
+        [chats],
+        settings.webhook_allow_private,
+        toml_chats=settings.chats,
+    )
+
+
+@dataclass(frozen=True)
+class OutboxWriter:
+    """The store's change hook: one outbox event per status change, in its transaction."""
+
+    targets: Targets
+    notify_backfill: bool
+    source: str | None = None
+
+    def __call__(self, conn: Connection, change: StatusChange) -> None:
+        enqueue_change(
+            conn,
+            change,
+            self.targets,
+            seq=change.seq,
+            run_url=change.run_url,
+            notify_backfill=self.notify_backfill,
+            source=self.source,
+        )
+
+
+def dispatcher_for(engine: Engine, targets: Targets, settings: Settings) -> Dispatcher | None:
+    if not targets:
+        return None
+    return Dispatcher(engine, targets, timeout=settings.webhook_timeout)
