@@ -64,6 +64,84 @@ class MetricRow:
     values: dict[str, float]
 
 
+@dataclass(frozen=True)
+class ArtifactSpec:
+    """A W&B artifact: a reference to something that has no bytes here (a model id), and/or
+    files given with it."""
+
+    key: str
+    name: str
+    type: str
+    aliases: tuple[str, ...] = ()
+    metadata: dict[str, Any] = field(default_factory=dict)
+    reference: str | None = None
+    files: dict[str, bytes] = field(default_factory=dict)
+    # Tables by name: (columns, rows); cells are str, int, float, bool or None.
+    tables: dict[str, tuple[list[str], list[list[Any]]]] = field(default_factory=dict)
+
+
+def _artifact_name(text: str) -> str:
+    """W&B artifact names allow letters, digits, dashes, underscores and dots."""
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in text)[:128]
+
+
+def checkpoint_artifact(job_id: str, checkpoint: Mapping[str, Any]) -> ArtifactSpec | None:
+    """A checkpoint as a ``model`` artifact referencing its model id (no weights exist to
+    upload); its step and metrics in the metadata."""
+    model = _str(checkpoint.get("fine_tuned_model_checkpoint"))
+    step = checkpoint.get("step_number")
+    if model is None or not isinstance(step, int) or isinstance(step, bool):
+        return None
+    metrics = checkpoint.get("metrics")
+    numbers = dict(flatten_metrics(metrics)) if isinstance(metrics, Mapping) else {}
+    numbers.pop("step", None)
+    return ArtifactSpec(
+        key=f"checkpoint:{checkpoint.get('id') or step}",
+        name=_artifact_name(f"{job_id}-checkpoint"),
+        type="model",
+        aliases=(f"step-{step}",),
+        metadata={
+            "fine_tuned_model_checkpoint": model,
+            "step": step,
+            "checkpoint_id": checkpoint.get("id"),
+            "created_at": checkpoint.get("created_at"),
+            "metrics": numbers,
+        },
+        reference=f"openai://{model}",
+    )
+
+
+def model_artifact(job: Mapping[str, Any]) -> ArtifactSpec | None:
+    """The fine-tuned model as a ``model`` artifact, aliases ``latest`` and the job id."""
+    model = _str(job.get("fine_tuned_model"))
+    if model is None:
+        return None
+    job_id = str(job.get("id"))
+    return ArtifactSpec(
+        key="model",
+        name=_artifact_name(f"{job_id}-model"),
+        type="model",
+        aliases=("latest", job_id),
+        metadata={
+            "fine_tuned_model": model,
+            "base_model": job.get("model"),
+            "job_id": job_id,
+            "trained_tokens": job.get("trained_tokens"),
+        },
+        reference=f"openai://{model}",
+    )
+
+
+def results_artifact(job_id: str, file_id: str, csv_text: bytes) -> ArtifactSpec:
+    return ArtifactSpec(
+        key=f"results:{file_id}",
+        name=_artifact_name(f"{job_id}-results"),
+        type="results",
+        metadata={"file_id": file_id},
+        files={"results.csv": csv_text},
+    )
+
+
 def is_terminal(status: object) -> bool:
     return status in TERMINAL_STATUSES
 
@@ -114,6 +192,17 @@ def run_config(job: Mapping[str, Any], source: str | None = None) -> dict[str, A
     method = job.get("method")
     if isinstance(method, dict) and isinstance(method.get("type"), str):
         config["method_type"] = method["type"]
+        # One place for every hyperparameter: the method's own (DPO's beta, RFT's
+        # compute_multiplier...) beside the supervised-shaped ``hyperparameters``.
+        own = method.get(method["type"])
+        extra = own.get("hyperparameters") if isinstance(own, dict) else None
+        if isinstance(extra, dict):
+            base = config.get("hyperparameters")
+            merged = dict(base) if isinstance(base, dict) else {}
+            for key, value in extra.items():
+                if value != "auto" or key not in merged:  # a number beats "auto"
+                    merged[key] = value
+            config["hyperparameters"] = merged
     if source is not None:
         config["source"] = source
     return config
@@ -194,9 +283,11 @@ def flatten_metrics(data: Mapping[str, Any], prefix: str = "") -> Iterator[tuple
         elif isinstance(value, list):
             for index, item in enumerate(value):
                 if isinstance(item, Mapping):
-                    label = _str(item.get("name")) or str(index)
+                    # Named items (RFT graders) are keyed by their name in place of the list's.
+                    label = _str(item.get("name"))
                     rest = {k: v for k, v in item.items() if k != "name"}
-                    yield from flatten_metrics(rest, f"{name}/{label}/")
+                    where = f"{prefix}{label}/" if label else f"{name}/{index}/"
+                    yield from flatten_metrics(rest, where)
 
 
 def step_of(event: Mapping[str, Any]) -> int | None:

@@ -10,7 +10,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from bridge.errors import JobNotFound, SinkUnavailable
-from bridge.mapping import MetricRow, RunSpec
+from bridge.mapping import ArtifactSpec, MetricRow, RunSpec
 from bridge.ports import Json
 
 
@@ -27,6 +27,8 @@ class MemorySource:
         self.page_size = page_size
         self.jobs: dict[str, Json] = {}
         self.events: dict[str, list[Json]] = {}
+        self.checkpoint_lists: dict[str, list[Json]] = {}
+        self.files: dict[str, bytes] = {}
         self.calls: Counter[str] = Counter()
 
     def put_job(self, job: Json) -> None:
@@ -56,6 +58,16 @@ class MemorySource:
             raise JobNotFound(f"job {job_id}: not found")
         return self.jobs[job_id]
 
+    def checkpoints(self, job_id: str) -> list[Json]:
+        self.calls["list_checkpoints"] += 1
+        return list(self.checkpoint_lists.get(job_id, []))
+
+    def file_content(self, file_id: str) -> bytes:
+        self.calls["file_content"] += 1
+        if file_id not in self.files:
+            raise JobNotFound(f"file {file_id}: not found")
+        return self.files[file_id]
+
     def event_pages(self, job_id: str) -> Iterator[list[Json]]:
         newest_first = list(reversed(self.events.get(job_id, [])))
         if not newest_first:
@@ -73,6 +85,7 @@ class MemoryRun:
     exit_code: int | None = None
     preempted: bool = False
     alerts: list[tuple[str, str]] = field(default_factory=list)
+    artifacts: list[ArtifactSpec] = field(default_factory=list)
 
 
 class MemorySink:
@@ -124,6 +137,9 @@ class MemorySink:
 
     def alert(self, run_id: str, title: str, text: str) -> None:
         self._current(run_id).alerts.append((title, text))
+
+    def log_artifact(self, run_id: str, spec: ArtifactSpec) -> None:
+        self._current(run_id).artifacts.append(spec)
 
     def durable_steps(self, segment: str) -> set[int]:
         run = self.segments.get(segment)

@@ -32,7 +32,6 @@ class OutboxWriter:
 
     targets: Targets
     notify_backfill: bool
-    source: str | None = None
 
     def __call__(self, conn: Connection, change: StatusChange) -> None:
         enqueue_change(
@@ -42,7 +41,7 @@ class OutboxWriter:
             seq=change.seq,
             run_url=change.run_url,
             notify_backfill=self.notify_backfill,
-            source=self.source,
+            source=change.source,
         )
 
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from bridge.mapping import MetricRow, RunSpec
+from bridge.mapping import ArtifactSpec, MetricRow, RunSpec
 
 Json = dict[str, Any]
 EventState = Literal["new", "sent", "durable", "none"]
@@ -28,6 +28,12 @@ class JobSource(Protocol):
     def get_job(self, job_id: str) -> Json: ...
 
     def event_pages(self, job_id: str) -> Iterator[list[Json]]: ...
+
+    def checkpoints(self, job_id: str) -> list[Json]:
+        """The job's checkpoints (the API keeps those of the last three epochs)."""
+        ...
+
+    def file_content(self, file_id: str) -> bytes: ...
 
 
 class RunSink(Protocol):
@@ -59,6 +65,8 @@ class RunSink(Protocol):
     def alert(self, run_id: str, title: str, text: str) -> None:
         """Raise an alert on the run (W&B's own alert routing)."""
         ...
+
+    def log_artifact(self, run_id: str, spec: ArtifactSpec) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -97,6 +105,7 @@ class StatusChange:
     job: Json = field(default_factory=dict)
     seq: int = 0
     run_url: str | None = None
+    source: str | None = None
 
 
 class StateStore(Protocol):
@@ -114,7 +123,7 @@ class StateStore(Protocol):
         to the store's change hook inside the same transaction (the webhook outbox)."""
         ...
 
-    def unsynced_jobs(self) -> list[JobState]: ...
+    def unsynced_jobs(self, source: str | None = None) -> list[JobState]: ...
 
     def all_jobs(self) -> list[JobState]: ...
 
@@ -146,6 +155,12 @@ class StateStore(Protocol):
     ) -> None: ...
 
     def mark_synced(self, job_id: str) -> None: ...
+
+    def logged_artifacts(self, job_id: str) -> set[str]: ...
+
+    def mark_artifact(self, job_id: str, key: str, segment: str | None) -> None: ...
+
+    def events(self, job_id: str) -> list[StoredEvent]: ...
 
     def jobs_with_open_runs(self) -> list[JobState]: ...
 

@@ -50,6 +50,16 @@ events = Table(
 )
 Index("ix_events_job_state_seq", events.c.job_id, events.c.state, events.c.seq)
 
+# Artifacts (checkpoints, the model, the result file) given to W&B, and in which segment.
+artifacts = Table(
+    "artifacts",
+    metadata,
+    Column("job_id", String(128), primary_key=True),
+    Column("key", String(256), primary_key=True),
+    Column("segment", Text, nullable=True),
+    Column("logged_at", Float, nullable=False),
+)
+
 # The webhook outbox's tables live beside the code that uses them; importing the module
 # registers them on ``metadata`` so that every store creates them.
 import bridge.webhooks.outbox  # noqa: E402, F401

@@ -13,7 +13,7 @@ import wandb
 from wandb.sdk.wandb_alerts import AlertLevel
 
 from bridge.errors import SinkUnavailable
-from bridge.mapping import MetricRow, RunSpec
+from bridge.mapping import ArtifactSpec, MetricRow, RunSpec
 from bridge.ports import Json
 from bridge.wandbfile import WandbFileError, read_run, wait_for_exit
 
@@ -107,18 +107,37 @@ class WandbSink:
             raise SinkUnavailable(f"run {run_id} is not open") from None
 
     def log(self, run_id: str, rows: Sequence[MetricRow]) -> None:
+        """Each row at W&B step = its training step. A row for a step lower than one already
+        logged (a step the events missed, filled in from the result file) would be dropped by
+        W&B: it goes after the last row instead, and since every row carries its training
+        step as ``step``, the metric that charts use as x-axis, it plots where it belongs."""
         run = self._run(run_id)
         for row in rows:
-            if row.step <= self._last_step[run_id]:
-                log.warning("wandb.step_out_of_order", run_id=run_id, step=row.step)
-                continue
+            wandb_step = max(row.step, self._last_step[run_id] + 1)
             try:
-                run.log({**row.values, STEP_KEY: row.step}, step=row.step, commit=True)
+                run.log({**row.values, STEP_KEY: row.step}, step=wandb_step, commit=True)
             except Exception as error:  # noqa: BLE001
                 raise SinkUnavailable(
                     f"W&B did not take a row of {run_id}: {_reason(error)}"
                 ) from None
-            self._last_step[run_id] = row.step
+            self._last_step[run_id] = wandb_step
+
+    def log_artifact(self, run_id: str, spec: ArtifactSpec) -> None:
+        run = self._run(run_id)
+        try:
+            artifact = wandb.Artifact(spec.name, type=spec.type, metadata=spec.metadata)
+            if spec.reference:
+                artifact.add_reference(spec.reference, name=spec.type, checksum=False)
+            for name, content in spec.files.items():
+                with artifact.new_file(name, mode="wb") as handle:
+                    handle.write(content)
+            for name, (columns, rows) in spec.tables.items():
+                artifact.add(wandb.Table(columns=list(columns), data=rows), name)
+            run.log_artifact(artifact, aliases=list(spec.aliases))
+        except Exception as error:  # noqa: BLE001
+            raise SinkUnavailable(
+                f"W&B did not take artifact {spec.name}: {_reason(error)}"
+            ) from None
 
     def update_config(self, run_id: str, config: Json) -> None:
         run = self._run(run_id)
@@ -180,7 +199,9 @@ class WandbSink:
         except (WandbFileError, OSError) as error:
             log.warning("wandb.segment_unreadable", segment=segment, error=str(error))
             return set()
-        return {int(row["_step"]) for row in history if isinstance(row.get("_step"), int | float)}
+        # Rows are matched by their training step (``step``), which is also their W&B step
+        # except for rows filled in after later ones.
+        return {int(row[STEP_KEY]) for row in history if isinstance(row.get(STEP_KEY), int | float)}
 
 
 def _bad_float(value: object) -> bool:

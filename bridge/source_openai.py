@@ -142,6 +142,23 @@ class OpenAISource:
         jobs = self._client.fine_tuning.jobs.with_raw_response
         return self._call(f"job {job_id}", lambda: jobs.retrieve(job_id))
 
+    def checkpoints(self, job_id: str) -> list[Json]:
+        checkpoints = self._client.fine_tuning.jobs.checkpoints.with_raw_response
+
+        def fetch(after: str | None) -> Any:
+            return checkpoints.list(
+                job_id, limit=PAGE_SIZE, after=after if after is not None else openai.omit
+            )
+
+        return [c for page in self._paged(f"checkpoints of {job_id}", fetch) for c in page]
+
+    def file_content(self, file_id: str) -> bytes:
+        files = self._client.files.with_raw_response
+        try:
+            return bytes(files.content(file_id).content)
+        except openai.OpenAIError as error:
+            raise translate(error, f"file {file_id}") from None
+
     def event_pages(self, job_id: str) -> Iterator[list[Json]]:
         jobs = self._client.fine_tuning.jobs.with_raw_response
 

@@ -147,7 +147,7 @@ class SqlStore:
                         **values,
                     )
                 )
-                change = StatusChange(job_id, None, status, job, 0, run_url)
+                change = StatusChange(job_id, None, status, job, 0, run_url, source)
             elif row.status != status:
                 # A job seen again after it was synced (resumed, say) is synced again.
                 values["synced"] = bool(row.synced) and mapping.is_terminal(status)
@@ -156,7 +156,9 @@ class SqlStore:
                     schema.jobs.update().where(schema.jobs.c.job_id == job_id).values(**values)
                 )
                 url = run_url or row.run_url
-                change = StatusChange(job_id, row.status, status, job, row.status_seq + 1, url)
+                change = StatusChange(
+                    job_id, row.status, status, job, row.status_seq + 1, url, source
+                )
             else:
                 conn.execute(
                     schema.jobs.update().where(schema.jobs.c.job_id == job_id).values(**values)
@@ -172,12 +174,13 @@ class SqlStore:
                 schema.jobs.update().where(schema.jobs.c.job_id == job_id).values(run_url=url)
             )
 
-    def unsynced_jobs(self) -> list[JobState]:
+    def unsynced_jobs(self, source: str | None = None) -> list[JobState]:
+        query = sa.select(schema.jobs).where(schema.jobs.c.synced.is_(False))
+        if source is not None:
+            query = query.where(schema.jobs.c.source == source)
         with self._tx() as conn:
             rows = conn.execute(
-                sa.select(schema.jobs)
-                .where(schema.jobs.c.synced.is_(False))
-                .order_by(schema.jobs.c.created_at, schema.jobs.c.job_id)
+                query.order_by(schema.jobs.c.created_at, schema.jobs.c.job_id)
             ).all()
         return [_job_state(r) for r in rows]
 
@@ -335,12 +338,38 @@ class SqlStore:
                         )
                         .values(state=state)
                     )
+            segment = conn.execute(
+                sa.select(schema.jobs.c.run_segment).where(schema.jobs.c.job_id == job_id)
+            ).scalar_one_or_none()
+            # Artifacts given in the lost segment are given again (W&B keeps one version per
+            # content digest, so one that did reach the file makes no second version).
+            conn.execute(
+                schema.artifacts.delete().where(
+                    schema.artifacts.c.job_id == job_id, schema.artifacts.c.segment == segment
+                )
+            )
             conn.execute(
                 schema.jobs.update()
                 .where(schema.jobs.c.job_id == job_id)
                 .values(run_state="closed", updated_at=time.time())
             )
         return len(again)
+
+    # Artifacts
+    def logged_artifacts(self, job_id: str) -> set[str]:
+        with self._tx() as conn:
+            rows = conn.execute(
+                sa.select(schema.artifacts.c.key).where(schema.artifacts.c.job_id == job_id)
+            ).all()
+        return {r.key for r in rows}
+
+    def mark_artifact(self, job_id: str, key: str, segment: str | None) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                schema.artifacts.insert().values(
+                    job_id=job_id, key=key, segment=segment, logged_at=time.time()
+                )
+            )
 
     def close(self) -> None:
         self._engine.dispose()

@@ -10,6 +10,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e ".[dev]"
+bash scripts/install-helm.sh  # a real helm binary, for rendering the chart in the tests
 echo "== ruff"
 .venv/bin/python -m ruff check .
 .venv/bin/python -m ruff format --check .

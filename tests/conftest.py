@@ -30,14 +30,21 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+def new_emulator(jobs: list[JobScenario], time_scale: float = 1.0, **kwargs: Any) -> Emulator:
+    """A started emulator that wants ``API_KEY``; stop it when done."""
+    emulator = Emulator(
+        Scenario(jobs=jobs, time_scale=time_scale, seed=7), api_key=API_KEY, **kwargs
+    )
+    emulator.start()
+    return emulator
+
+
 @pytest.fixture
 def start_emulator() -> Iterator[Callable[..., Emulator]]:
     started: list[Emulator] = []
 
     def start(jobs: list[JobScenario], time_scale: float = 1.0, **kwargs: Any) -> Emulator:
-        scenario = Scenario(jobs=jobs, time_scale=time_scale, seed=7)
-        emulator = Emulator(scenario, api_key=API_KEY, **kwargs)
-        emulator.start()
+        emulator = new_emulator(jobs, time_scale, **kwargs)
         started.append(emulator)
         return emulator
 
@@ -93,6 +100,12 @@ class BridgeProcess:
         proc.send_signal(sig)
         return proc.wait(timeout=40)
 
+    def kill_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
     def store(self) -> SqlStore:
         return SqlStore(f"sqlite:///{self.db_path}")
 
@@ -122,30 +135,34 @@ def bridge_process(tmp_path: Path) -> Iterator[Callable[..., BridgeProcess]]:
     made: list[BridgeProcess] = []
 
     def make(emulator: Emulator | str, **extra: str) -> BridgeProcess:
-        base_url = emulator if isinstance(emulator, str) else emulator.base_url
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "OPENAI_"))}
-        env.pop("FTBRIDGE_CONFIG", None)
-        defaults = dict(
-            OPENAI_API_KEY=API_KEY,
-            OPENAI_BASE_URL=base_url,
-            WANDB_MODE="offline",
-            WANDB_DIR=str(tmp_path),
-            WANDB_PROJECT="e2e",
-            FTBRIDGE_DATABASE_URL=f"sqlite:///{tmp_path / 'state.db'}",
-            FTBRIDGE_POLL_INTERVAL="0.5",
-            FTBRIDGE_LOG_FORMAT="json",
-            FTBRIDGE_REQUEST_TIMEOUT="5",
-            FTBRIDGE_MAX_RETRIES="0",
-            FTBRIDGE_BACKOFF_MAX="2",
-        )
-        env.update({**defaults, **extra})
-        process = BridgeProcess(tmp_path, env)
+        process = new_bridge_process(tmp_path, emulator, **extra)
         made.append(process)
         return process
 
     yield make
     for process in made:
-        for proc in process.procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        process.kill_all()
+
+
+def new_bridge_process(workdir: Path, emulator: Emulator | str, **extra: str) -> BridgeProcess:
+    """``ftbridge`` against the emulator, offline W&B and SQLite in ``workdir``."""
+    base_url = emulator if isinstance(emulator, str) else emulator.base_url
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "OPENAI_"))}
+    env.pop("FTBRIDGE_CONFIG", None)
+    env.update(
+        {
+            "OPENAI_API_KEY": API_KEY,
+            "OPENAI_BASE_URL": base_url,
+            "WANDB_MODE": "offline",
+            "WANDB_DIR": str(workdir),
+            "WANDB_PROJECT": "e2e",
+            "FTBRIDGE_DATABASE_URL": f"sqlite:///{workdir / 'state.db'}",
+            "FTBRIDGE_POLL_INTERVAL": "0.5",
+            "FTBRIDGE_LOG_FORMAT": "json",
+            "FTBRIDGE_REQUEST_TIMEOUT": "5",
+            "FTBRIDGE_MAX_RETRIES": "0",
+            "FTBRIDGE_BACKOFF_MAX": "2",
+            **extra,
+        }
+    )
+    return BridgeProcess(workdir, env)

@@ -105,11 +105,11 @@ def test_rft_nested_metrics_are_flattened_with_graders_by_name() -> None:
     row = mapping.metric_row(event)
     assert row is not None
     assert row.values["scores/train_reward_mean"] == 0.5
-    assert row.values["scores/graders/exact/train_reward_mean"] == 0.7
-    assert row.values["scores/graders/judge/valid_reward_mean"] == 0.2
+    assert row.values["scores/exact/train_reward_mean"] == 0.7
+    assert row.values["scores/judge/valid_reward_mean"] == 0.2
     assert row.values["usage/tokens"] == 10.0
     assert row.values["timing/step/seconds"] == 1.5
-    assert "scores/graders/exact/type" not in row.values
+    assert "scores/exact/type" not in row.values
 
 
 @pytest.mark.parametrize(

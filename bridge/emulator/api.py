@@ -19,13 +19,16 @@ from bridge.emulator.errors import ApiError, invalid_url
 from bridge.emulator.faults import FaultInjector, Faults
 from bridge.emulator.scenario import JobScenario
 
-_JOB = r"/v1/fine_tuning/jobs/(?P<id>[^/]+)"
-_FILE = r"/v1/files/(?P<id>[^/]+)"
+# "/v1" is OpenAI's (and Azure's v1 API's) prefix; "/openai" is Azure's dated API versions,
+# which the AzureOpenAI client calls with an api-version query parameter.
+_API = r"(?:/v1|/openai)"
+_JOB = _API + r"/fine_tuning/jobs/(?P<id>[^/]+)"
+_FILE = _API + r"/files/(?P<id>[^/]+)"
 ROUTES: list[tuple[str, re.Pattern[str], str]] = [
     (method, re.compile(pattern + r"\Z"), kind)
     for method, pattern, kind in [
-        ("GET", r"/v1/fine_tuning/jobs", "list_jobs"),
-        ("POST", r"/v1/fine_tuning/jobs", "create"),
+        ("GET", _API + r"/fine_tuning/jobs", "list_jobs"),
+        ("POST", _API + r"/fine_tuning/jobs", "create"),
         ("GET", _JOB, "retrieve"),
         ("GET", _JOB + "/events", "list_events"),
         ("GET", _JOB + "/checkpoints", "list_checkpoints"),

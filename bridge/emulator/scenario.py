@@ -49,6 +49,8 @@ class JobScenario(BaseModel):
     integrations: list[dict[str, Any]] = Field(default_factory=list)
     azure: bool = False
     result_csv_base64: bool = False
+    # Steps whose metrics event the API never lists (the result file still has them).
+    events_missing_steps: list[int] = Field(default_factory=list)
     graders: list[str] = Field(default_factory=lambda: list(DEFAULT_GRADERS), min_length=1)
     hyperparameters: dict[str, HyperValue] = Field(default_factory=dict)
 

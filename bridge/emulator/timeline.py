@@ -271,7 +271,8 @@ class _Builder:
             return False
         job, step = self.job, values.step
         data = metrics.event_data(job, values)
-        self.emit(time, metrics.step_message(job, values), type="metrics", data=data)
+        if step not in job.events_missing_steps:  # the result file still has the step
+            self.emit(time, metrics.step_message(job, values), type="metrics", data=data)
         if step in metrics.epoch_end_steps(job):
             self.timeline.checkpoints.append(TimedCheckpoint(time, step))
             name = self.plan.checkpoint_model(step)

@@ -1,0 +1,140 @@
+"""What a job produces besides its metrics events: checkpoints, the result file, the model.
+
+Each is given to W&B once per run segment: the store remembers which artifacts a segment
+took, and a lost segment's artifacts are given again (see ``SqlStore.recover_segment``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import structlog
+
+from bridge import datasets, mapping, results
+from bridge.errors import JobNotFound, SourceRejected
+from bridge.mapping import ArtifactSpec
+from bridge.ports import JobSource, JobState, Json, RunSink, StateStore, StoredEvent
+
+log = structlog.get_logger(__name__)
+
+
+def result_row_event(file_id: str, row: mapping.MetricRow) -> Json:
+    """A row of the result file that the events missed, stored as if it were an event."""
+    return {
+        "id": f"result:{file_id}:{row.step}",
+        "object": "fine_tuning.job.result_row",
+        "type": "metrics",
+        "created_at": None,
+        "data": {"step": row.step, **row.values},
+    }
+
+
+def epoch_ended(events: Sequence[StoredEvent], job: Mapping[str, Any]) -> bool:
+    """Whether these new metrics reach the end of an epoch, when a checkpoint is made."""
+    for event in events:
+        data = event.event.get("data")
+        if isinstance(data, Mapping) and "full_valid_loss" in data:
+            return True
+        total = mapping.total_steps(event.event)
+        hyper = job.get("hyperparameters")
+        epochs = hyper.get("n_epochs") if isinstance(hyper, Mapping) else None
+        if (
+            total
+            and isinstance(epochs, int)
+            and epochs > 0
+            and event.step
+            and event.step % max(1, total // epochs) == 0
+        ):
+            return True
+    return False
+
+
+class Outputs:
+    def __init__(self, source: JobSource, sink: RunSink, store: StateStore) -> None:
+        self.source = source
+        self.sink = sink
+        self.store = store
+
+    def _give(self, state: JobState, spec: ArtifactSpec, done: set[str]) -> None:
+        if spec.key in done:
+            return
+        self.sink.log_artifact(state.job_id, spec)
+        self.store.mark_artifact(state.job_id, spec.key, self._segment(state.job_id))
+        done.add(spec.key)
+
+    def _segment(self, job_id: str) -> str | None:
+        current = self.store.get_job(job_id)
+        return current.run_segment if current else None
+
+    def checkpoints(self, state: JobState) -> int:
+        done = self.store.logged_artifacts(state.job_id)
+        before = len(done)
+        try:
+            listed = self.source.checkpoints(state.job_id)
+        except (JobNotFound, SourceRejected) as error:
+            # Some OpenAI-compatible endpoints have no checkpoints route.
+            log.warning("checkpoints.unavailable", job_id=state.job_id, error=str(error))
+            return 0
+        for checkpoint in sorted(listed, key=lambda c: c.get("step_number") or 0):
+            spec = mapping.checkpoint_artifact(state.job_id, checkpoint)
+            if spec is not None:
+                self._give(state, spec, done)
+        return len(done) - before
+
+    def datasets(self, state: JobState, max_rows: int) -> None:
+        """A ``dataset`` artifact with a sample table for the training and validation files."""
+        done = self.store.logged_artifacts(state.job_id)
+        method = state.job.get("method")
+        kind = method.get("type") if isinstance(method, Mapping) else None
+        for role in ("training", "validation"):
+            file_id = state.job.get(f"{role}_file")
+            if not isinstance(file_id, str) or f"dataset:{role}:{file_id}" in done:
+                continue
+            try:
+                content = self.source.file_content(file_id)
+            except (JobNotFound, SourceRejected) as error:
+                log.warning("dataset.unavailable", job_id=state.job_id, error=str(error))
+                continue
+            spec = datasets.dataset_artifact(
+                job_id=state.job_id,
+                file_id=file_id,
+                role=role,
+                content=content,
+                method=kind if isinstance(kind, str) else "supervised",
+                max_rows=max_rows,
+            )
+            self._give(state, spec, done)
+
+    def model(self, state: JobState) -> None:
+        spec = mapping.model_artifact(state.job)
+        if spec is not None:
+            self._give(state, spec, self.store.logged_artifacts(state.job_id))
+
+    def result_files(self, state: JobState) -> None:
+        """Read each result file once: store the rows the events missed (to be logged like
+        the others) and attach the file to the run."""
+        done = self.store.logged_artifacts(state.job_id)
+        files = state.job.get("result_files")
+        for file_id in files if isinstance(files, list) else []:
+            if not isinstance(file_id, str) or f"results:{file_id}" in done:
+                continue
+            try:
+                content = self.source.file_content(file_id)
+            except JobNotFound:
+                log.warning("results.missing", job_id=state.job_id, file_id=file_id)
+                continue
+            self._reconcile(state.job_id, file_id, content)
+            self._give(state, mapping.results_artifact(state.job_id, file_id, content), done)
+
+    def _reconcile(self, job_id: str, file_id: str, content: bytes) -> None:
+        try:
+            rows = results.parse(content)
+        except results.ResultFileError as error:
+            log.warning("results.unreadable", job_id=job_id, file_id=file_id, error=str(error))
+            return
+        seen = {e.step for e in self.store.events(job_id) if e.step is not None}
+        missed = results.missed(rows, seen)
+        if missed:
+            self.store.add_events(job_id, [result_row_event(file_id, row) for row in missed])
+            log.info("results.filled_in", job_id=job_id, steps=len(missed))

@@ -1,0 +1,68 @@
+"""The job's result file (pure): a CSV of per-step metrics, sometimes base64-encoded."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import csv
+import io
+import math
+from collections.abc import Iterable
+
+from bridge.mapping import MetricRow
+
+# The result file's column names, and the metric names the events use for the same values.
+COLUMN_NAMES = {"train_accuracy": "train_mean_token_accuracy"}
+
+
+class ResultFileError(ValueError):
+    """The result file is not the CSV it should be."""
+
+
+def decode(content: bytes) -> str:
+    """The CSV text: as is when it starts with its header, else decoded from base64."""
+    text = content.lstrip()
+    if not text.startswith(b"step,"):
+        try:
+            text = base64.b64decode(text, validate=False).lstrip()
+        except (binascii.Error, ValueError):
+            raise ResultFileError("neither a CSV nor base64") from None
+    try:
+        decoded = text.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ResultFileError("not UTF-8 text") from None
+    if not decoded.startswith("step,"):
+        raise ResultFileError("no 'step' column first in the header")
+    return decoded
+
+
+def _value(cell: str | None) -> float | None:
+    if cell is None or not cell.strip():
+        return None
+    try:
+        value = float(cell)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) or cell.strip().lower() == "nan" else None
+
+
+def parse(content: bytes) -> list[MetricRow]:
+    """One row per step, metrics named as the events name them; unreadable cells are left out."""
+    reader = csv.DictReader(io.StringIO(decode(content)))
+    rows: list[MetricRow] = []
+    for record in reader:
+        step = _value(record.get("step"))
+        if step is None or step < 0 or step != int(step):
+            continue
+        values = {
+            COLUMN_NAMES.get(name, name): number
+            for name, cell in record.items()
+            if name and name != "step" and (number := _value(cell)) is not None
+        }
+        rows.append(MetricRow(int(step), values))
+    return rows
+
+
+def missed(rows: Iterable[MetricRow], seen_steps: set[int]) -> list[MetricRow]:
+    """The result file's rows for steps the events did not give."""
+    return [row for row in rows if row.step not in seen_steps and row.values]
