@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import structlog
 
-from bridge import mapping
+from bridge import mapping, prices, status
 from bridge.engine import Bridge
-from bridge.errors import ConfigError
+from bridge.group import BridgeGroup
+from bridge.health import CycleReadiness, HealthServer, max_cycle_age, store_ping
 from bridge.mapping import WandbDefaults
+from bridge.metrics import BridgeMetrics, Watched
 from bridge.notify import OutboxWriter, dispatcher_for, targets_of
 from bridge.settings import Settings
 from bridge.sink_wandb import WandbOptions, WandbSink
-from bridge.source_openai import OpenAISource
+from bridge.sources import make_source, routes_of, source_configs
 from bridge.store import SqlStore
 
 log = structlog.get_logger(__name__)
@@ -32,17 +36,15 @@ def wandb_options(settings: Settings) -> WandbOptions:
     )
 
 
-def build_bridge(settings: Settings) -> Bridge:
-    if settings.openai_api_key is None or not settings.openai_api_key.get_secret_value():
-        raise ConfigError("OPENAI_API_KEY is not set (or run `ftbridge demo` to try it without)")
-    source = OpenAISource.create(
-        api_key=settings.openai_api_key.get_secret_value(),
-        base_url=settings.openai_base_url,
-        timeout=settings.request_timeout,
-        max_retries=settings.max_retries,
-        organization=settings.openai_organization,
-        project=settings.openai_project,
-    )
+def build_bridge(
+    settings: Settings, environ: Mapping[str, str] | None = None
+) -> Bridge | BridgeGroup:
+    """One ``Bridge`` for one source; a ``BridgeGroup`` for the TOML file's ``[[sources]]``.
+    ``environ`` is where ``api_key_env`` names are looked up (the process environment)."""
+    configs = source_configs(settings)
+    routes = routes_of(settings)
+    env = os.environ if environ is None else environ
+    sources = [make_source(config, settings, env) for config in configs]
     options = wandb_options(settings)
     if options.mode == "offline" and settings.wandb_mode is None:
         log.warning(
@@ -53,13 +55,58 @@ def build_bridge(settings: Settings) -> Bridge:
     targets = targets_of(settings)
     store = SqlStore(
         settings.database_url,
-        on_change=OutboxWriter(targets, settings.notify_backfill, source.name) if targets else None,
+        on_change=OutboxWriter(targets, settings.notify_backfill) if targets else None,
     )
-    defaults = WandbDefaults(
-        project=settings.wandb_project,
-        entity=settings.wandb_entity,
-        app_url=mapping.app_url(settings.wandb_base_url),
+    sink = WandbSink(options)
+    dispatcher = dispatcher_for(store.engine, targets, settings)
+    price_table = {**prices.DEFAULT_PRICES, **settings.prices}
+    bridges = []
+    for config, source in zip(configs, sources, strict=True):
+        defaults = WandbDefaults(
+            project=config.wandb.project or settings.wandb_project,
+            entity=config.wandb.entity or settings.wandb_entity,
+            extra_tags=tuple(config.wandb.tags),
+            app_url=mapping.app_url(settings.wandb_base_url),
+        )
+        bridge = Bridge(
+            source,
+            sink,
+            store,
+            defaults,
+            settings.wandb_native_jobs,
+            job_filter=config.filters,
+            routes=routes,
+        )
+        bridge.dispatcher = dispatcher
+        bridge.prices = price_table
+        bridge.dataset_rows = settings.dataset_sample_rows if settings.log_datasets else 0
+        bridges.append(bridge)
+    return bridges[0] if len(bridges) == 1 else BridgeGroup(bridges)
+
+
+def observe(
+    settings: Settings, bridge: Bridge | BridgeGroup
+) -> tuple[BridgeMetrics, HealthServer | None]:
+    """The daemon's metrics (live gauges read from the store and the sink at each scrape) and
+    its health server, or None when ``FTBRIDGE_HTTP_PORT`` is not set."""
+    metrics = BridgeMetrics()
+    store = bridge.store
+    if not isinstance(store, SqlStore):
+        return metrics, None
+    engine = store.engine
+    metrics.watch(
+        Watched(
+            jobs_by_status=lambda: status.job_counts(engine),
+            deliveries_by_state=lambda: status.delivery_counts(engine),
+            open_runs=lambda: len(bridge.sink.open_runs()),
+        )
     )
-    bridge = Bridge(source, WandbSink(options), store, defaults, settings.wandb_native_jobs)
-    bridge.dispatcher = dispatcher_for(store.engine, targets, settings)
-    return bridge
+    if settings.http_port is None:
+        return metrics, None
+    readiness = CycleReadiness(
+        lambda: store_ping(engine),
+        lambda: metrics.last_success_at,
+        max_cycle_age(settings.poll_interval),
+    )
+    server = HealthServer(settings.http_host, settings.http_port, metrics.registry, readiness)
+    return metrics, server

@@ -9,15 +9,18 @@ from pathlib import Path
 
 import structlog
 
-from bridge import __version__, webhook_commands
-from bridge.app import build_bridge
+from bridge import __version__, health, webhook_commands
+from bridge.app import build_bridge, observe
+from bridge.check import run_check
 from bridge.daemon import run_daemon
 from bridge.demo import run_demo
 from bridge.engine import Bridge, CycleStats
-from bridge.errors import BridgeError, ConfigError, JobNotFound, SourceRejected
+from bridge.errors import BridgeError, ConfigError, JobNotFound
+from bridge.group import BridgeGroup
 from bridge.logs import configure_logging
 from bridge.notify import targets_of
 from bridge.settings import Settings, load_settings
+from bridge.status import run_status
 
 log = structlog.get_logger(__name__)
 
@@ -27,6 +30,8 @@ EPILOG = """examples:
   ftbridge sync ftjob-abc ftjob-def    sync two jobs, then exit
   ftbridge demo                        no keys: built-in emulator, offline W&B, SQLite
   ftbridge --config ftbridge.toml run  settings from a TOML file (the environment wins)
+  ftbridge check                       is this configuration good? (exit 0 or 1)
+  ftbridge status --json               tracked jobs, for scripts
 """
 
 
@@ -67,7 +72,39 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--dir", type=Path, default=Path("ftbridge-demo"), help="where to write")
     demo.add_argument("--time-scale", type=float, default=1.0, help="emulated seconds per second")
     webhook_commands.add_parser(commands)
+    _operator_parsers(commands)
     return parser
+
+
+def _operator_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    status = commands.add_parser(
+        "status",
+        help="a table of tracked jobs",
+        description="Tracked jobs from the state store: status, steps logged / total, last "
+        "event age, W&B run (URL or offline folder), webhook deliveries pending.",
+        epilog="examples:\n  ftbridge status\n  ftbridge status --json | jq '.[].status'",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    status.add_argument("--json", action="store_true", help="JSON for scripts")
+    commands.add_parser(
+        "check",
+        help="check the configuration, the API, W&B, webhooks and the store",
+        description="Validate the settings, call the API once (jobs.list, limit=1), check W&B "
+        "(or say offline), webhook targets against the SSRF guard, and that the state store "
+        "is reachable and writable. Prints a table; exit code 0 when all is fine, else 1.",
+        epilog="examples:\n  ftbridge check\n  ftbridge --config ftbridge.toml check",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    probe = commands.add_parser(
+        "health",
+        help="exit 0 when the running daemon is ready (GET /readyz)",
+        description="Ask the running daemon's health server whether it is ready; exit 0 or 1 "
+        "with the reason. The container's HEALTHCHECK runs the same probe "
+        "(python -m bridge.health).",
+        epilog="examples:\n  ftbridge health\n  ftbridge health --url http://127.0.0.1:9464/readyz",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    probe.add_argument("--url", help="default: /readyz on FTBRIDGE_HTTP_HOST:FTBRIDGE_HTTP_PORT")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -75,7 +112,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "demo":
             return _demo(args)
+        if args.command == "check":
+            return run_check(args.config, sys.stdout)
+        if args.command == "health":
+            return _health(args)
         settings = load_settings(args.config)
+        if args.command == "status":
+            return run_status(settings.database_url, as_json=args.json, out=sys.stdout)
         _configure(settings)
         if args.command == "run":
             return _run(settings)
@@ -97,15 +140,30 @@ def _configure(settings: Settings) -> None:
 
 def _run(settings: Settings) -> int:
     bridge = build_bridge(settings)
+    metrics, server = observe(settings, bridge)
     try:
+        if server is not None:
+            server.start()
         return run_daemon(
             bridge,
             interval=settings.poll_interval,
             backoff_max=settings.backoff_max,
             shutdown_timeout=settings.shutdown_timeout,
+            metrics=metrics,
         )
     finally:
+        if server is not None:
+            server.stop()
         bridge.store.close()
+
+
+def _health(args: argparse.Namespace) -> int:
+    if args.url:
+        return health.probe(args.url)
+    settings = load_settings(args.config)
+    if settings.http_port is None:
+        raise ConfigError("the health server is off: set FTBRIDGE_HTTP_PORT (or use --url)")
+    return health.probe(health.readyz_url(settings.http_host, settings.http_port))
 
 
 def _sync(settings: Settings, args: argparse.Namespace) -> int:
@@ -125,7 +183,7 @@ def _sync(settings: Settings, args: argparse.Namespace) -> int:
     return 1 if stats.errors else 0
 
 
-def sync_once(bridge: Bridge, job_ids: list[str] | None) -> CycleStats:
+def sync_once(bridge: Bridge | BridgeGroup, job_ids: list[str] | None) -> CycleStats:
     """One pass over every job (``None``) or the given ones; open runs are finished after."""
     stats = CycleStats()
     bridge.recover()
@@ -141,19 +199,12 @@ def sync_once(bridge: Bridge, job_ids: list[str] | None) -> CycleStats:
     return stats
 
 
-def _sync_one(bridge: Bridge, job_id: str, stats: CycleStats) -> None:
+def _sync_one(bridge: Bridge | BridgeGroup, job_id: str, stats: CycleStats) -> None:
     try:
-        bridge.observe(bridge.source.get_job(job_id))
+        bridge.sync_one(job_id, stats)
     except JobNotFound as error:
         stats.errors.append(str(error))
         log.error("sync.unknown_job", job_id=job_id, error=str(error))
-        return
-    except SourceRejected:
-        raise
-    state = bridge.store.get_job(job_id)
-    if state is not None:
-        stats.jobs_seen += 1
-        bridge.sync_job(state, stats)
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -16,6 +16,8 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from bridge.engine import Bridge, CycleStats
 from bridge.errors import BridgeError, RetryableError
+from bridge.group import BridgeGroup
+from bridge.metrics import BridgeMetrics
 
 log = structlog.get_logger(__name__)
 
@@ -23,8 +25,15 @@ log = structlog.get_logger(__name__)
 class Poller:
     """One tick = one poll cycle, unless a backoff is in force. Never raises."""
 
-    def __init__(self, bridge: Bridge, interval: float, backoff_max: float) -> None:
+    def __init__(
+        self,
+        bridge: Bridge | BridgeGroup,
+        interval: float,
+        backoff_max: float,
+        metrics: BridgeMetrics | None = None,
+    ) -> None:
         self.bridge = bridge
+        self.metrics = metrics
         self.interval = interval
         self.backoff_max = backoff_max
         self.busy = threading.Lock()
@@ -41,17 +50,24 @@ class Poller:
             try:
                 stats = self.bridge.poll()
             except RetryableError as error:
+                self._failed(error, started)
                 self._back_off(str(error), error.retry_after)
                 return None
             except BridgeError as error:
+                self._failed(error, started)
                 self._back_off(str(error), None)
                 return None
-            except Exception:
+            except Exception as error:
                 log.exception("cycle.crashed")
+                self._failed(error, started)
                 self._back_off("unexpected error (see the traceback above)", None)
                 return None
             self._succeeded(stats, time.monotonic() - started)
             return stats
+
+    def _failed(self, error: Exception, started: float) -> None:
+        if self.metrics is not None:
+            self.metrics.cycle_failed(error, time.monotonic() - started)
 
     def _back_off(self, reason: str, retry_after: float | None) -> None:
         self.failures += 1
@@ -68,6 +84,8 @@ class Poller:
         self.failures = 0
         self.cycles += 1
         self.last_success = time.time()
+        if self.metrics is not None:
+            self.metrics.cycle_succeeded(stats, duration, self.last_success)
         log.info(
             "cycle",
             jobs_seen=stats.jobs_seen,
@@ -91,20 +109,21 @@ def install_signal_handlers(stop: threading.Event) -> None:
 
 
 def run_daemon(
-    bridge: Bridge,
+    bridge: Bridge | BridgeGroup,
     *,
     interval: float,
     backoff_max: float,
     shutdown_timeout: float,
     stop: threading.Event | None = None,
     until: Callable[[], bool] | None = None,
+    metrics: BridgeMetrics | None = None,
 ) -> int:
     """Poll until ``stop`` is set (SIGTERM/SIGINT) or ``until()`` is true; then finish every
     open run within ``shutdown_timeout`` and return the exit code."""
     stop = stop or threading.Event()
     install_signal_handlers(stop)
     bridge.recover()
-    poller = Poller(bridge, interval, backoff_max)
+    poller = Poller(bridge, interval, backoff_max, metrics)
 
     def tick() -> None:
         poller.tick()
@@ -136,7 +155,7 @@ def run_daemon(
     return code
 
 
-def _drain(bridge: Bridge, poller: Poller, deadline: float) -> int:
+def _drain(bridge: Bridge | BridgeGroup, poller: Poller, deadline: float) -> int:
     if not poller.busy.acquire(timeout=max(0.0, deadline - time.monotonic() - 5.0)):
         log.warning("shutdown.cycle_still_running", detail="runs are repaired at next start")
         return 0

@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import structlog
 
-from bridge import mapping
+from bridge import mapping, prices, routing
 from bridge.errors import JobNotFound, RetryableError, SinkUnavailable
 from bridge.mapping import WandbDefaults
-from bridge.ports import JobSource, JobState, Json, RunSink, StateStore
+from bridge.outputs import Outputs, epoch_ended
+from bridge.ports import JobSource, JobState, Json, RunSink, StateStore, StoredEvent
+from bridge.routing import JobFilter, Route
 from bridge.webhooks import Dispatcher
 
 log = structlog.get_logger(__name__)
@@ -35,6 +37,8 @@ class CycleStats:
     runs_finished: int = 0
     lag_seconds: float | None = None
     errors: list[str] = field(default_factory=list)
+    # The errors themselves, for the metrics (API errors by kind, W&B errors).
+    failures: list[RetryableError] = field(default_factory=list)
 
     def saw_lag(self, created_at: object, now: float) -> None:
         if isinstance(created_at, int | float) and not isinstance(created_at, bool):
@@ -52,16 +56,25 @@ class Bridge:
         store: StateStore,
         defaults: WandbDefaults,
         native_mode: mapping.NativeMode = "skip",
+        *,
+        job_filter: JobFilter | None = None,
+        routes: Sequence[Route] = (),
     ) -> None:
         self.source = source
         self.sink = sink
         self.store = store
         self.defaults = defaults
         self.native_mode = native_mode
+        self.job_filter = job_filter or JobFilter()
+        self.routes = tuple(routes)
         self._now = time.time
         self.stopping = threading.Event()
         # Delivers what status changes wrote to the outbox; None when there are no targets.
         self.dispatcher: Dispatcher | None = None
+        self.outputs = Outputs(source, sink, store)
+        # Rows of the training/validation files sampled into a dataset artifact; 0 = off.
+        self.dataset_rows = 0
+        self.prices: Mapping[str, float] = prices.DEFAULT_PRICES
 
     # Start-up
     def recover(self) -> int:
@@ -98,7 +111,7 @@ class Bridge:
         seen: set[str] = set()
         for job in self._listed_jobs(full):
             seen.add(str(job["id"]))
-        for state in self.store.unsynced_jobs():
+        for state in self.store.unsynced_jobs(self.source.name):
             if state.job_id not in seen and not self.stopping.is_set():
                 self.refresh(state.job_id)
                 seen.add(state.job_id)
@@ -108,6 +121,10 @@ class Bridge:
         reached_known = False
         for page in self.source.job_pages():
             for job in page:
+                if self.job_filter.too_old(job):
+                    return  # newest first: every job after this one is older still
+                if not self.job_filter.accepts(job):
+                    continue
                 reached_known = reached_known or self.store.has_job(str(job["id"]))
                 self.observe(job)
                 yield job
@@ -115,7 +132,7 @@ class Bridge:
                 return
 
     def observe(self, job: Json) -> None:
-        spec = mapping.run_spec(job, self.defaults, self.source.name)
+        spec = self._spec(job)
         url = mapping.run_url(spec, self.defaults.app_url)
         change = self.store.record_job(self.source.name, job, run_url=url)
         if change is not None:
@@ -133,8 +150,20 @@ class Bridge:
             log.warning("job.gone", job_id=job_id, detail="the API no longer shows this job")
             self.store.mark_synced(job_id)
 
+    def sync_one(self, job_id: str, stats: CycleStats) -> None:
+        """Fetch one job by id and sync it (``ftbridge sync JOB_ID``)."""
+        self.observe(self.source.get_job(job_id))
+        state = self.store.get_job(job_id)
+        if state is not None:
+            stats.jobs_seen += 1
+            self.sync_job(state, stats)
+
+    def _spec(self, job: Json) -> mapping.RunSpec:
+        defaults = routing.destination(job, self.defaults, self.routes)
+        return mapping.run_spec(job, defaults, self.source.name)
+
     def sync_unsynced(self, stats: CycleStats) -> None:
-        for state in self.store.unsynced_jobs():
+        for state in self.store.unsynced_jobs(self.source.name):
             if self.stopping.is_set():
                 return
             stats.active += 0 if mapping.is_terminal(state.status) else 1
@@ -142,6 +171,7 @@ class Bridge:
                 self.sync_job(state, stats)
             except RetryableError as error:
                 stats.errors.append(str(error))
+                stats.failures.append(error)
                 log.warning("job.retry_later", job_id=state.job_id, error=str(error))
 
     def sync_job(self, state: JobState, stats: CycleStats) -> None:
@@ -153,11 +183,19 @@ class Bridge:
                 self.store.mark_synced(job_id)
             return
         self._ensure_open(state)
-        self._log_pending(job_id, stats)
-        self.sink.update_summary(job_id, self._summary(state))
-        if mapping.is_terminal(state.status):
+        if self.dataset_rows:
+            self.outputs.datasets(state, self.dataset_rows)
+        terminal = mapping.is_terminal(state.status)
+        if state.status == "succeeded":
+            self.outputs.result_files(state)
+        logged = self._log_pending(job_id, stats)
+        if terminal or epoch_ended(logged, state.job):
+            self.outputs.checkpoints(state)
+        self.sink.update_summary(job_id, self._summary(state, logged))
+        if terminal:
             if state.status == "failed":
                 self.sink.alert(job_id, *mapping.alert_text(state.job))
+            self.outputs.model(state)
             self.sink.finish(job_id, mapping.exit_code(state.status))
             self.store.mark_durable(job_id)
             self.store.set_run(job_id, "finished")
@@ -178,7 +216,7 @@ class Bridge:
         return self.store.add_events(job_id, fresh)
 
     def _ensure_open(self, state: JobState) -> None:
-        spec = mapping.run_spec(state.job, self.defaults, self.source.name)
+        spec = self._spec(state.job)
         if not self.sink.is_open(state.job_id):
             if state.run_state == "open":
                 self.repair(state)
@@ -189,21 +227,30 @@ class Bridge:
             self.sink.update_config(state.job_id, spec.config)
             self.store.set_run(state.job_id, "open", config=spec.config)
 
-    def _log_pending(self, job_id: str, stats: CycleStats) -> None:
+    def _log_pending(self, job_id: str, stats: CycleStats) -> list[StoredEvent]:
         pending = self.store.pending_events(job_id)
         rows = [r for e in pending if (r := mapping.metric_row(e.event)) is not None]
         if not rows:
-            return
+            return []
         self.sink.log(job_id, mapping.merge_rows(rows))
         self.store.mark_sent(job_id, [e.event_id for e in pending])
         stats.rows_logged += len(rows)
         now = self._now()
         for event in pending:
             stats.saw_lag(event.event.get("created_at"), now)
+        return pending
 
-    def _summary(self, state: JobState) -> Json:
+    def _summary(self, state: JobState, logged: list[StoredEvent]) -> Json:
         summary = mapping.run_summary(state.job)
         summary["source"] = self.source.name
+        totals = [t for e in logged if (t := mapping.total_steps(e.event)) is not None]
+        if totals:
+            summary["total_steps"] = totals[-1]
+        cost = prices.estimated_cost(
+            state.job.get("model"), state.job.get("trained_tokens"), self.prices
+        )
+        if cost is not None:
+            summary["estimated_cost_usd"] = cost
         return summary
 
     # Shutdown

@@ -60,6 +60,26 @@ artifacts = Table(
     Column("logged_at", Float, nullable=False),
 )
 
+# Who works on what when several replicas share the database: a lease per resource
+# ("job:<id>", "list:<source>") with an expiry, renewed while its owner is alive.
+leases = Table(
+    "leases",
+    metadata,
+    Column("resource", String(256), primary_key=True),
+    Column("owner", String(128), nullable=False),
+    Column("expires_at", Float, nullable=False),
+)
+
+# Live replicas (a heartbeat), so that each takes a fair share of the jobs.
+replicas = Table(
+    "replicas",
+    metadata,
+    Column("replica_id", String(128), primary_key=True),
+    Column("host", String(256), nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("seen_at", Float, nullable=False),
+)
+
 # The webhook outbox's tables live beside the code that uses them; importing the module
 # registers them on ``metadata`` so that every store creates them.
 import bridge.webhooks.outbox  # noqa: E402, F401

@@ -60,6 +60,15 @@ class Settings(BaseSettings):
     notify_backfill: bool = False
     webhooks: list[dict[str, Any]] = Field(default_factory=list)
     chats: list[dict[str, Any]] = Field(default_factory=list)
+    # The health server (/healthz, /readyz, /metrics): off unless http_port is set.
+    http_port: int | None = Field(default=None, ge=0, le=65535)
+    http_host: str = "0.0.0.0"
+    log_datasets: bool = False
+    dataset_sample_rows: int = Field(default=100, ge=1, le=10_000)
+    sources: list[dict[str, Any]] = Field(default_factory=list)
+    filters: dict[str, Any] = Field(default_factory=dict)
+    routes: list[dict[str, Any]] = Field(default_factory=list)
+    prices: dict[str, float] = Field(default_factory=dict)
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -102,6 +111,7 @@ class Settings(BaseSettings):
         """The secret values, for the log redactor."""
         found = [self.openai_api_key, self.wandb_api_key, self.webhook_secret, self.chat_urls]
         values = [s.get_secret_value() for s in found if s is not None and s.get_secret_value()]
+        values += [str(t["api_key"]) for t in self.sources if t.get("api_key")]
         # Several comma-separated secrets (a rotation) are redacted one by one too.
         return values + [part for v in values if "," in v for part in v.split(",") if part]
 
@@ -145,7 +155,15 @@ def _field_of(loc: tuple[int | str, ...]) -> str:
 
 
 _SECRET_FIELDS = frozenset(
-    {"openai_api_key", "wandb_api_key", "webhook_secret", "chat_urls", "webhooks", "chats"}
+    {
+        "openai_api_key",
+        "wandb_api_key",
+        "webhook_secret",
+        "chat_urls",
+        "webhooks",
+        "chats",
+        "sources",
+    }
 )
 
 

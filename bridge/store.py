@@ -11,7 +11,7 @@ from typing import Any, cast
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from bridge import mapping, schema
+from bridge import mapping, migrate, schema
 from bridge.errors import StoreError
 from bridge.ports import (
     EventState,
@@ -77,7 +77,7 @@ class SqlStore:
         self._url_shown = sa.make_url(url).render_as_string(hide_password=True)
         try:
             self._engine = create_db_engine(url)
-            _create_tables(self._engine)
+            migrate.upgrade(self._engine, self._url_shown)
         except sa.exc.SQLAlchemyError as error:
             raise StoreError(
                 f"state store {self._url_shown} cannot be used: {_reason(error)}"
@@ -373,17 +373,6 @@ class SqlStore:
 
     def close(self) -> None:
         self._engine.dispose()
-
-
-def _create_tables(engine: Engine) -> None:
-    """Create what is missing; another process creating the same tables at the same moment
-    is not an error."""
-    try:
-        schema.metadata.create_all(engine)
-    except (sa.exc.OperationalError, sa.exc.IntegrityError, sa.exc.ProgrammingError):
-        missing = set(schema.metadata.tables) - set(sa.inspect(engine).get_table_names())
-        if missing:
-            raise
 
 
 def _reason(error: sa.exc.SQLAlchemyError) -> str:

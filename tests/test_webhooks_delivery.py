@@ -209,8 +209,8 @@ def test_a_receiver_down_for_a_while_loses_nothing(engine: Engine, clock: FakeCl
     assert all(r.verified for r in receiver.received)
     assert {r.state for r in recent(engine)} == {"delivered"}
     names = [e["event"] for e in logs]
-    assert names.count("webhook.target_failing") == 1
-    assert names.count("webhook.target_recovered") == 1
+    assert names.count("webhook.target_failing") == 1, names
+    assert names.count("webhook.target_recovered") == 1, names
 
 
 def test_giving_up_after_the_last_attempt(engine: Engine, clock: FakeClock) -> None:
