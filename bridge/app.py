@@ -12,6 +12,7 @@ from bridge import mapping, prices, status
 from bridge.engine import Bridge
 from bridge.group import BridgeGroup
 from bridge.health import CycleReadiness, HealthServer, max_cycle_age, store_ping
+from bridge.leases import Leases
 from bridge.mapping import WandbDefaults
 from bridge.metrics import BridgeMetrics, Watched
 from bridge.notify import OutboxWriter, dispatcher_for, targets_of
@@ -57,8 +58,10 @@ def build_bridge(
         settings.database_url,
         on_change=OutboxWriter(targets, settings.notify_backfill) if targets else None,
     )
+    store.claim_single_process()
     sink = WandbSink(options)
-    dispatcher = dispatcher_for(store.engine, targets, settings)
+    leases = Leases(store.engine, owner=settings.replica_id, ttl=settings.lease_seconds)
+    dispatcher = dispatcher_for(store.engine, targets, settings, owner=leases.owner)
     price_table = {**prices.DEFAULT_PRICES, **settings.prices}
     bridges = []
     for config, source in zip(configs, sources, strict=True):
@@ -78,6 +81,7 @@ def build_bridge(
             routes=routes,
         )
         bridge.dispatcher = dispatcher
+        bridge.leases = leases
         bridge.prices = price_table
         bridge.dataset_rows = settings.dataset_sample_rows if settings.log_datasets else 0
         bridges.append(bridge)

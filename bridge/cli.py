@@ -4,23 +4,25 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 import structlog
 
-from bridge import __version__, health, webhook_commands
+from bridge import __version__, health, migrate, webhook_commands
 from bridge.app import build_bridge, observe
 from bridge.check import run_check
-from bridge.daemon import run_daemon
+from bridge.daemon import install_signal_handlers, run_daemon
 from bridge.demo import run_demo
 from bridge.engine import Bridge, CycleStats
-from bridge.errors import BridgeError, ConfigError, JobNotFound
+from bridge.errors import BridgeError, ConfigError, JobNotFound, StoreUnavailable
 from bridge.group import BridgeGroup
 from bridge.logs import configure_logging
 from bridge.notify import targets_of
 from bridge.settings import Settings, load_settings
 from bridge.status import run_status
+from bridge.store import SqlStore, create_db_engine
 
 log = structlog.get_logger(__name__)
 
@@ -72,6 +74,15 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--dir", type=Path, default=Path("ftbridge-demo"), help="where to write")
     demo.add_argument("--time-scale", type=float, default=1.0, help="emulated seconds per second")
     webhook_commands.add_parser(commands)
+    db = commands.add_parser(
+        "db",
+        help="schema migrations of the state store",
+        description="The state store's schema is versioned (Alembic). ftbridge upgrades it at "
+        "start-up and refuses a schema newer than it knows; these commands do it by hand.",
+        epilog="examples:\n  ftbridge db upgrade\n  ftbridge db current",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    db.add_argument("db_command", choices=["upgrade", "current"], metavar="upgrade|current")
     _operator_parsers(commands)
     return parser
 
@@ -122,6 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _configure(settings)
         if args.command == "run":
             return _run(settings)
+        if args.command == "db":
+            return _db(settings, args.db_command)
         if args.command == "webhooks":
             return webhook_commands.run(settings, args)
         return _sync(settings, args)
@@ -138,8 +151,27 @@ def _configure(settings: Settings) -> None:
     configure_logging(level=settings.log_level, fmt=settings.log_format, secrets=secrets)
 
 
+def _build_when_reachable(settings: Settings) -> Bridge | BridgeGroup | None:
+    """Build the bridge, waiting while the database does not answer (a server restarting,
+    a network blip) instead of exiting into a crash loop; None if told to stop meanwhile."""
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    delay = 1.0
+    while True:
+        try:
+            return build_bridge(settings)
+        except StoreUnavailable as error:
+            if delay == 1.0:
+                log.warning("store.unreachable", error=str(error), detail="waiting for it")
+            if stop.wait(delay):
+                return None
+            delay = min(delay * 2, 30.0)
+
+
 def _run(settings: Settings) -> int:
-    bridge = build_bridge(settings)
+    bridge = _build_when_reachable(settings)
+    if bridge is None:
+        return 0
     metrics, server = observe(settings, bridge)
     try:
         if server is not None:
@@ -155,6 +187,18 @@ def _run(settings: Settings) -> int:
         if server is not None:
             server.stop()
         bridge.store.close()
+
+
+def _db(settings: Settings, action: str) -> int:
+    store = SqlStore(settings.database_url) if action == "upgrade" else None
+    engine = store.engine if store else create_db_engine(settings.database_url)
+    try:
+        print(
+            f"schema revision: {migrate.current(engine) or 'none'} (newest known: {migrate.head()})"
+        )
+    finally:
+        engine.dispose()
+    return 0
 
 
 def _health(args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from bridge.engine import Bridge, CycleStats
 from bridge.errors import BridgeError, RetryableError
 from bridge.group import BridgeGroup
+from bridge.leases import Leases
 from bridge.metrics import BridgeMetrics
 
 log = structlog.get_logger(__name__)
@@ -143,6 +144,9 @@ def run_daemon(
     scheduler.start()
     if bridge.dispatcher is not None:
         bridge.dispatcher.start()
+    keeper = LeaseKeeper(bridge.leases) if bridge.leases is not None else None
+    if keeper is not None:
+        keeper.start()
     log.info("daemon.started", poll_interval=interval)
     stop.wait()
     deadline = time.monotonic() + shutdown_timeout
@@ -152,7 +156,51 @@ def run_daemon(
     if bridge.dispatcher is not None:
         # What is not delivered stays in the outbox for the next start.
         bridge.dispatcher.stop(timeout=max(1.0, deadline - time.monotonic()))
+    if keeper is not None:
+        keeper.stop()
+        keeper.hand_back_all()
     return code
+
+
+class LeaseKeeper:
+    """Renews this replica's leases and heartbeat every third of the lease time, so that a
+    long cycle does not lose them; gives them all back at shutdown."""
+
+    def __init__(self, leases: Leases) -> None:
+        self.leases = leases
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ftbridge-leases", daemon=True)
+        self._failing = False
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.leases.ttl / 3):
+            try:
+                self.leases.heartbeat()
+                self.leases.renew()
+            except Exception as error:  # noqa: BLE001 - the database may be away for a while
+                if not self._failing:
+                    log.warning("leases.renew_failed", error=str(error).splitlines()[0])
+                self._failing = True
+            else:
+                if self._failing:
+                    log.info("leases.renewed_again")
+                self._failing = False
+
+    def hand_back_all(self) -> None:
+        """Give every lease back at once, so that other replicas take over without waiting."""
+        try:
+            self.leases.release_all()
+        except Exception as error:  # noqa: BLE001 - they expire on their own anyway
+            log.warning("leases.release_failed", error=str(error).splitlines()[0])
+        else:
+            log.info("leases.released")
 
 
 def _drain(bridge: Bridge | BridgeGroup, poller: Poller, deadline: float) -> int:

@@ -19,6 +19,7 @@ import structlog
 
 from bridge import mapping, prices, routing
 from bridge.errors import JobNotFound, RetryableError, SinkUnavailable
+from bridge.leases import Leases
 from bridge.mapping import WandbDefaults
 from bridge.outputs import Outputs, epoch_ended
 from bridge.ports import JobSource, JobState, Json, RunSink, StateStore, StoredEvent
@@ -69,6 +70,8 @@ class Bridge:
         self.routes = tuple(routes)
         self._now = time.time
         self.stopping = threading.Event()
+        # Set when several replicas may share the store: who works on which job.
+        self.leases: Leases | None = None
         # Delivers what status changes wrote to the outbox; None when there are no targets.
         self.dispatcher: Dispatcher | None = None
         self.outputs = Outputs(source, sink, store)
@@ -78,7 +81,11 @@ class Bridge:
 
     # Start-up
     def recover(self) -> int:
-        """Repair every run left open by a crash (see :meth:`repair`)."""
+        """Repair every run left open by a crash (see :meth:`repair`). With leases (several
+        replicas may share the store), a run is repaired only by the replica that takes its
+        job's lease, when it takes it (``_ensure_open``): another may still be writing it."""
+        if self.leases is not None:
+            return 0
         return sum(
             self.repair(state)
             for state in self.store.jobs_with_open_runs()
@@ -99,7 +106,10 @@ class Bridge:
     # One cycle
     def poll(self) -> CycleStats:
         stats = CycleStats()
-        stats.jobs_seen = self.discover(stats)
+        # With several replicas, one of them lists jobs for the whole group each cycle; the
+        # others work from the snapshots it stores.
+        if self.leases is None or self.leases.acquire(f"list:{self.source.name}"):
+            stats.jobs_seen = self.discover(stats)
         if self.dispatcher is not None:
             self.dispatcher.wake()  # status changes are in the outbox: deliver them now
         self.sync_unsynced(stats)
@@ -163,7 +173,7 @@ class Bridge:
         return mapping.run_spec(job, defaults, self.source.name)
 
     def sync_unsynced(self, stats: CycleStats) -> None:
-        for state in self.store.unsynced_jobs(self.source.name):
+        for state in self._claim(self.store.unsynced_jobs(self.source.name)):
             if self.stopping.is_set():
                 return
             stats.active += 0 if mapping.is_terminal(state.status) else 1
@@ -174,13 +184,67 @@ class Bridge:
                 stats.failures.append(error)
                 log.warning("job.retry_later", job_id=state.job_id, error=str(error))
 
+    def _claim(self, unsynced: list[JobState]) -> list[JobState]:
+        """The jobs this replica works on now: those whose lease it holds or can take, up to
+        its fair share (jobs / live replicas). Leases beyond the share are handed back, so
+        that a replica joining the group gets its part."""
+        if self.leases is None:
+            return unsynced
+        share = self.leases.fair_share(len(unsynced))
+        held = self.leases.held("job:")
+        mine: list[JobState] = []
+        for state in sorted(unsynced, key=lambda s: f"job:{s.job_id}" not in held):
+            resource = f"job:{state.job_id}"
+            if len(mine) < share:
+                if self.leases.acquire(resource):
+                    mine.append(state)
+                elif resource in held:
+                    self._lost(state.job_id)
+            elif resource in held:
+                self.hand_back(state.job_id)
+        for run_id in self.sink.open_runs():
+            if not self.leases.holds(f"job:{run_id}"):
+                self._lost(run_id)
+        return mine
+
+    def _lost(self, job_id: str) -> None:
+        """Another replica took this job's lease (ours expired: a pause longer than the
+        lease time). Close the run here and leave the job's state to the new owner, which
+        repaired the run from what reached disk; rows this replica flushed after that may
+        stand in two segments (W&B keeps one row per step)."""
+        log.warning("job.lease_lost", job_id=job_id, replica=self._replica)
+        if self.sink.is_open(job_id):
+            try:
+                self.sink.finish(job_id, 0, preempted=True)
+            except SinkUnavailable as error:
+                log.warning("run.finish_failed", job_id=job_id, error=str(error))
+
+    def hand_back(self, job_id: str) -> None:
+        """Close the job's run segment here and give up its lease, for another replica."""
+        if self.sink.is_open(job_id):
+            self.sink.finish(job_id, 0, preempted=True)
+            self.store.mark_durable(job_id)
+            self.store.set_run(job_id, "closed")
+        if self.leases is not None:
+            self.leases.release([f"job:{job_id}"])
+        log.info("job.handed_back", job_id=job_id, replica=self._replica)
+
+    @property
+    def _replica(self) -> str | None:
+        return self.leases.owner if self.leases is not None else None
+
+    def _done_with(self, job_id: str) -> None:
+        self.store.mark_synced(job_id)
+        if self.leases is not None:
+            self.leases.release([f"job:{job_id}"])
+
     def sync_job(self, state: JobState, stats: CycleStats) -> None:
         job_id = state.job_id
         stats.events += self.fetch_events(job_id)
         if not mapping.should_write_run(state.job, self.native_mode):
             self.store.set_run(job_id, "skipped")
             if mapping.is_terminal(state.status):
-                self.store.mark_synced(job_id)
+                self._done_with(job_id)
             return
         self._ensure_open(state)
         if self.dataset_rows:
@@ -199,9 +263,9 @@ class Bridge:
             self.sink.finish(job_id, mapping.exit_code(state.status))
             self.store.mark_durable(job_id)
             self.store.set_run(job_id, "finished")
-            self.store.mark_synced(job_id)
+            self._done_with(job_id)
             stats.runs_finished += 1
-            log.info("run.finished", job_id=job_id, status=state.status)
+            log.info("run.finished", job_id=job_id, status=state.status, replica=self._replica)
 
     def fetch_events(self, job_id: str) -> int:
         """Read events newest first until one already stored; store the new ones oldest first."""
@@ -222,7 +286,13 @@ class Bridge:
                 self.repair(state)
             segment = self.sink.open(spec)
             self.store.set_run(state.job_id, "open", segment, spec.config)
-            log.info("run.opened", job_id=state.job_id, project=spec.project, segment=segment)
+            log.info(
+                "run.opened",
+                job_id=state.job_id,
+                project=spec.project,
+                segment=segment,
+                replica=self._replica,
+            )
         elif spec.config != state.config:
             self.sink.update_config(state.job_id, spec.config)
             self.store.set_run(state.job_id, "open", config=spec.config)

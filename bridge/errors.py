@@ -21,6 +21,10 @@ class StoreError(BridgeError):
     """The state store could not be used."""
 
 
+class StoreUnavailable(StoreError):
+    """The database server did not answer (restarting, unreachable); tried again later."""
+
+
 class RetryableError(BridgeError):
     """A transient failure; the same work is tried again later."""
 

@@ -10,6 +10,7 @@ import structlog
 
 from bridge.engine import Bridge, CycleStats
 from bridge.errors import JobNotFound, RetryableError
+from bridge.leases import Leases
 from bridge.ports import RunSink, StateStore
 from bridge.webhooks import Dispatcher
 
@@ -27,6 +28,15 @@ class BridgeGroup:
         self.stopping: threading.Event = first.stopping
         for bridge in self.bridges:
             bridge.stopping = self.stopping
+
+    @property
+    def leases(self) -> Leases | None:
+        return self.bridges[0].leases
+
+    @leases.setter
+    def leases(self, value: Leases | None) -> None:
+        for bridge in self.bridges:
+            bridge.leases = value
 
     @property
     def dispatcher(self) -> Dispatcher | None:

@@ -45,7 +45,9 @@ class OutboxWriter:
         )
 
 
-def dispatcher_for(engine: Engine, targets: Targets, settings: Settings) -> Dispatcher | None:
+def dispatcher_for(
+    engine: Engine, targets: Targets, settings: Settings, owner: str | None = None
+) -> Dispatcher | None:
     if not targets:
         return None
-    return Dispatcher(engine, targets, timeout=settings.webhook_timeout)
+    return Dispatcher(engine, targets, timeout=settings.webhook_timeout, owner=owner)

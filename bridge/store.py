@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from bridge import mapping, migrate, schema
-from bridge.errors import StoreError
+from bridge.errors import StoreError, StoreUnavailable
 from bridge.ports import (
     EventState,
     JobState,
@@ -74,14 +76,14 @@ class SqlStore:
 
     def __init__(self, url: str, *, on_change: ChangeHook | None = None) -> None:
         self.on_change = on_change
+        self._lock_handle: object | None = None
         self._url_shown = sa.make_url(url).render_as_string(hide_password=True)
         try:
             self._engine = create_db_engine(url)
             migrate.upgrade(self._engine, self._url_shown)
         except sa.exc.SQLAlchemyError as error:
-            raise StoreError(
-                f"state store {self._url_shown} cannot be used: {_reason(error)}"
-            ) from None
+            kind = StoreUnavailable if _unreachable(self._engine, error) else StoreError
+            raise kind(f"state store {self._url_shown} cannot be used: {_reason(error)}") from None
 
     @contextmanager
     def _tx(self) -> Iterator[Connection]:
@@ -89,7 +91,31 @@ class SqlStore:
             with self._engine.begin() as conn:
                 yield conn
         except sa.exc.SQLAlchemyError as error:
-            raise StoreError(f"state store {self._url_shown} failed: {_reason(error)}") from None
+            kind = StoreUnavailable if _unreachable(self._engine, error) else StoreError
+            raise kind(f"state store {self._url_shown} failed: {_reason(error)}") from None
+
+    def claim_single_process(self) -> None:
+        """SQLite serves one process: take an exclusive lock beside the file (held until the
+        process ends), or refuse clearly. Leases left by an earlier run of this one process
+        are cleared, since nobody else can hold them."""
+        url = self._engine.url
+        if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+            return
+        lock_path = Path(url.database).with_name(Path(url.database).name + ".lock")
+        try:
+            handle = lock_path.open("a")
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StoreError(
+                f"state store {self._url_shown} is in use by another ftbridge process; SQLite "
+                "cannot be shared: run one process, or use PostgreSQL for several replicas"
+            ) from None
+        except OSError as error:
+            raise StoreError(f"cannot lock {lock_path}: {error.strerror}") from None
+        self._lock_handle = handle
+        with self._tx() as conn:
+            conn.execute(schema.leases.delete())
+            conn.execute(schema.replicas.delete())
 
     @property
     def engine(self) -> Engine:
@@ -373,6 +399,13 @@ class SqlStore:
 
     def close(self) -> None:
         self._engine.dispose()
+
+
+def _unreachable(engine: Engine, error: sa.exc.SQLAlchemyError) -> bool:
+    """A database server that does not answer (SQLite files fail for other reasons)."""
+    return engine.dialect.name != "sqlite" and isinstance(
+        error, sa.exc.OperationalError | sa.exc.InterfaceError
+    )
 
 
 def _reason(error: sa.exc.SQLAlchemyError) -> str:

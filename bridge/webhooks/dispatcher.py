@@ -17,6 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 
+import sqlalchemy as sa
 import structlog
 from sqlalchemy.engine import Engine
 
@@ -46,8 +47,12 @@ class Dispatcher:
         interval: float = 0.5,
         batch: int = 100,
         timeout: float = 10.0,
+        owner: str | None = None,
     ) -> None:
         self.engine = engine
+        # The replica's name, to claim deliveries when several share the database.
+        self.owner = owner
+        self._claim_for = 6 * timeout + 60  # longer than a lane of attempts takes
         self.targets = targets
         self.interval = interval
         self.batch = batch
@@ -74,7 +79,15 @@ class Dispatcher:
         with self._lock:
             busy = set(self._busy)
         lanes: dict[str, list[DueDelivery]] = {}
-        for item in outbox.due(self.engine, self._clock(), self.batch, skip_targets=busy):
+        due = outbox.due(
+            self.engine,
+            self._clock(),
+            self.batch,
+            skip_targets=busy,
+            owner=self.owner,
+            lease=self._claim_for,
+        )
+        for item in due:
             lanes.setdefault(item.target, []).append(item)
         started = (self._start_lane(name, items) for name, items in lanes.items())
         return [future for future in started if future is not None]
@@ -215,11 +228,21 @@ class Dispatcher:
         self._wake.set()
 
     def _loop(self) -> None:
+        failing = False
         while not self._stopping.is_set():
             try:
                 self.pump()
+            except sa.exc.SQLAlchemyError as error:
+                # The database is away (restarted, unreachable): said once, tried again.
+                if not failing:
+                    log.warning("webhook.store_unavailable", error=str(error).splitlines()[0])
+                failing = True
             except Exception:
                 log.exception("webhook.dispatch_failed")
+            else:
+                if failing:
+                    log.info("webhook.store_available")
+                failing = False
             self._wake.wait(self.interval)
             self._wake.clear()
 

@@ -6,7 +6,7 @@ transaction that records the status change: the event is kept exactly when the c
 
 A delivery is ``pending`` (due at ``next_attempt_at``), ``delivered``, ``failed`` (given up, or
 refused by the SSRF guard) or ``disabled`` (its target answered 410 Gone). ``lease_owner`` and
-``lease_until`` are reserved for several replicas sharing one database; nothing sets them yet.
+``lease_until`` say which replica is attempting a delivery (see :func:`due`).
 """
 
 from __future__ import annotations
@@ -186,9 +186,20 @@ def _exists(conn: Connection, table: sa.Table, row: dict[str, Any], keys: Sequen
 
 
 def due(
-    engine: Engine, now: float, limit: int = 100, *, skip_targets: Collection[str] = ()
+    engine: Engine,
+    now: float,
+    limit: int = 100,
+    *,
+    skip_targets: Collection[str] = (),
+    owner: str | None = None,
+    lease: float = 120.0,
 ) -> list[DueDelivery]:
-    """Pending deliveries whose time has come, oldest first."""
+    """Pending deliveries whose time has come, oldest first, claimed for ``owner``.
+
+    With several replicas on one database each delivery is claimed by one of them at a time
+    (``SELECT ... FOR UPDATE SKIP LOCKED`` on PostgreSQL, then a lease until ``now + lease``);
+    a replica that dies mid-attempt leaves a lease that expires, and another one delivers the
+    same delivery, with the same webhook-id."""
     d, e = webhook_deliveries, webhook_events
     query = (
         sa.select(d.c.id, d.c.event_id, d.c.target, d.c.kind, d.c.attempts, e.c.body)
@@ -199,8 +210,18 @@ def due(
     )
     if skip_targets:
         query = query.where(d.c.target.not_in(list(skip_targets)))
-    with engine.connect() as conn:
+    if owner is not None:
+        query = query.where(
+            sa.or_(d.c.lease_owner.is_(None), d.c.lease_until < now, d.c.lease_owner == owner)
+        ).with_for_update(skip_locked=True, of=d)
+    with engine.begin() as conn:
         rows = conn.execute(query).all()
+        if owner is not None and rows:
+            conn.execute(
+                d.update()
+                .where(d.c.id.in_([r.id for r in rows]))
+                .values(lease_owner=owner, lease_until=now + lease)
+            )
     return [
         DueDelivery(r.id, r.event_id, r.target, r.kind, r.attempts, r.body.encode("utf-8"))
         for r in rows
@@ -224,6 +245,8 @@ def record_attempt(
         "last_status": status,
         "last_error": error[:500] if error else None,
         "updated_at": now,
+        "lease_owner": None,
+        "lease_until": None,
     }
     if next_attempt_at is not None:
         values["next_attempt_at"] = next_attempt_at
