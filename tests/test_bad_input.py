@@ -138,3 +138,18 @@ def test_a_corrupt_state_file_is_a_clear_error(bridge_process: MakeBridge) -> No
     result = bridge.run("sync", "--all", timeout=30)
     assert result.returncode == 1
     assert "state store" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_sqlite_refuses_a_second_process(
+    start_emulator: Callable[..., Emulator], bridge_process: MakeBridge
+) -> None:
+    emulator = start_emulator([JobScenario(n_steps=3, created_offset=-3600)])
+    bridge = bridge_process(emulator)
+    first = bridge.start("run")
+    wait_until(bridge.started, 30, "the first process up")
+    second = bridge.run("sync", "--all", timeout=60)
+    assert second.returncode == 1
+    (line,) = second.stderr.strip().splitlines()
+    assert "in use by another ftbridge process" in line and "PostgreSQL" in line
+    assert bridge.stop(first) == 0
+    assert bridge.run("sync", "--all", timeout=60).returncode == 0, "free once the first is gone"

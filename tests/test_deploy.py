@@ -192,13 +192,18 @@ def test_compose_file_follows_the_compose_spec() -> None:
     jsonschema.validate(compose(), schema)
 
 
-def test_each_compose_profile_runs_one_bridge() -> None:
+def test_each_compose_profile_runs_one_bridge_service() -> None:
     services = compose()["services"]
-    for profile, database in (("sqlite", "sqlite:///"), ("postgres", "postgresql://")):
+    for profile, database, replicas in (
+        ("sqlite", "sqlite:///", 1),
+        ("postgres", "postgresql://", 3),
+    ):
         active = {n: s for n, s in services.items() if profile in s.get("profiles", [])}
         bridges = [s for s in active.values() if s.get("image", "").startswith("ftbridge")]
         assert len(bridges) == 1, profile
         (bridge,) = bridges
+        assert bridge.get("deploy", {}).get("replicas", 1) == replicas, profile
+        assert bool(bridge.get("ports")) == (replicas == 1), "one host port serves one bridge"
         assert bridge["environment"]["FTBRIDGE_DATABASE_URL"].startswith(database)
         assert any(v.endswith(f":{STATE_DIR}") for v in bridge["volumes"])
         assert bridge["stop_signal"] == "SIGTERM"
@@ -254,6 +259,20 @@ def test_rendered_manifests_are_valid_kubernetes(helm: str, sets: tuple[str, ...
         if doc["kind"] == "ServiceMonitor":
             continue  # a CRD: checked below
         kubernetes_validate.validate(doc, "1.30.0", strict=True)
+
+
+def test_several_replicas_need_postgresql(helm: str) -> None:
+    docs = render(
+        helm,
+        "replicaCount=3",
+        "database.url=postgresql://ftbridge@db:5432/ftbridge",
+        "persistence.accessModes={ReadWriteMany}",
+    )
+    spec = by_kind(docs)["Deployment"]["spec"]
+    assert spec["replicas"] == 3 and spec["strategy"]["type"] == "RollingUpdate"
+    args = [helm, "template", "rel", str(CHART), "--set", "existingSecret=x", "--set"]
+    refused = subprocess.run([*args, "replicaCount=2"], capture_output=True, text=True, check=False)
+    assert refused.returncode != 0 and "needs PostgreSQL" in refused.stderr
 
 
 def test_the_deployment_is_production_shaped(helm: str) -> None:
