@@ -82,6 +82,7 @@ def build_bridge(
         )
         bridge.dispatcher = dispatcher
         bridge.leases = leases
+        bridge.refresh_after = max(60.0, 10 * settings.poll_interval)
         bridge.prices = price_table
         bridge.dataset_rows = settings.dataset_sample_rows if settings.log_datasets else 0
         bridges.append(bridge)
@@ -94,6 +95,8 @@ def observe(
     """The daemon's metrics (live gauges read from the store and the sink at each scrape) and
     its health server, or None when ``FTBRIDGE_HTTP_PORT`` is not set."""
     metrics = BridgeMetrics()
+    if bridge.dispatcher is not None:
+        bridge.dispatcher.on_attempt = lambda result: metrics.webhook_attempt(result.outcome)
     store = bridge.store
     if not isinstance(store, SqlStore):
         return metrics, None

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import structlog
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from bridge import __version__, health, migrate, webhook_commands
 from bridge.app import build_bridge, observe
@@ -20,6 +22,7 @@ from bridge.errors import BridgeError, ConfigError, JobNotFound, StoreUnavailabl
 from bridge.group import BridgeGroup
 from bridge.logs import configure_logging
 from bridge.notify import targets_of
+from bridge.ports import JobState
 from bridge.settings import Settings, load_settings
 from bridge.status import run_status
 from bridge.store import SqlStore, create_db_engine
@@ -234,13 +237,50 @@ def sync_once(bridge: Bridge | BridgeGroup, job_ids: list[str] | None) -> CycleS
     try:
         if job_ids is None:
             stats.jobs_seen = bridge.discover(full=True)
-            bridge.sync_unsynced(stats)
+            with SyncProgress(len(bridge.store.unsynced_jobs())) as progress:
+                bridge.sync_unsynced(stats, progress.advance)
         else:
             for job_id in job_ids:
                 _sync_one(bridge, job_id, stats)
     finally:
         bridge.close_runs()
     return stats
+
+
+class SyncProgress:
+    """A progress bar (rich) on a terminal; a plain log line per job otherwise."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.done = 0
+        self._bar: Progress | None = None
+        if sys.stderr.isatty():
+            self._bar = Progress(
+                TextColumn("syncing"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.description}"),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+            )
+            self._task = self._bar.add_task("", total=total)
+
+    def __enter__(self) -> SyncProgress:
+        if self._bar is not None:
+            self._bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, completed=self.done, description="")
+            self._bar.stop()
+
+    def advance(self, state: JobState) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, completed=self.done, description=state.job_id)
+        else:
+            log.info("sync.job", job_id=state.job_id, n=self.done + 1, of=self.total)
+        self.done += 1
 
 
 def _sync_one(bridge: Bridge | BridgeGroup, job_id: str, stats: CycleStats) -> None:

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 
 import structlog
@@ -75,6 +76,13 @@ class Bridge:
         # Delivers what status changes wrote to the outbox; None when there are no targets.
         self.dispatcher: Dispatcher | None = None
         self.outputs = Outputs(source, sink, store)
+        # When each job's snapshot was last read from the API (monotonic), and which jobs
+        # got events that may come with a status change.
+        self._fetched_at: dict[str, float] = {}
+        self._hinted: dict[str, bool] = {}
+        self._cycle_started = float("-inf")
+        self.refresh_after = 60.0
+        self.fetch_workers = 8
         # Rows of the training/validation files sampled into a dataset artifact; 0 = off.
         self.dataset_rows = 0
         self.prices: Mapping[str, float] = prices.DEFAULT_PRICES
@@ -118,14 +126,21 @@ class Bridge:
     def discover(self, stats: CycleStats | None = None, *, full: bool = False) -> int:
         """List jobs newest first, stopping after the page where known jobs begin (unless
         ``full``); jobs still unsynced that the pages did not show are fetched one by one."""
+        self._cycle_started = time.monotonic()
         seen: set[str] = set()
         for job in self._listed_jobs(full):
             seen.add(str(job["id"]))
         for state in self.store.unsynced_jobs(self.source.name):
-            if state.job_id not in seen and not self.stopping.is_set():
+            if state.job_id not in seen and not self.stopping.is_set() and self._stale(state):
                 self.refresh(state.job_id)
                 seen.add(state.job_id)
         return len(seen)
+
+    def _stale(self, state: JobState) -> bool:
+        """A job off the listed pages is fetched by itself only now and then: a status change
+        comes with an event, which triggers a fetch at once (see ``_fetch``)."""
+        fetched = self._fetched_at.get(state.job_id)
+        return fetched is None or time.monotonic() - fetched > self.refresh_after
 
     def _listed_jobs(self, full: bool) -> Iterator[Json]:
         reached_known = False
@@ -142,6 +157,7 @@ class Bridge:
                 return
 
     def observe(self, job: Json) -> None:
+        self._fetched_at[str(job["id"])] = time.monotonic()
         spec = self._spec(job)
         url = mapping.run_url(spec, self.defaults.app_url)
         change = self.store.record_job(self.source.name, job, run_url=url)
@@ -172,17 +188,35 @@ class Bridge:
         defaults = routing.destination(job, self.defaults, self.routes)
         return mapping.run_spec(job, defaults, self.source.name)
 
-    def sync_unsynced(self, stats: CycleStats) -> None:
-        for state in self._claim(self.store.unsynced_jobs(self.source.name)):
-            if self.stopping.is_set():
-                return
-            stats.active += 0 if mapping.is_terminal(state.status) else 1
-            try:
-                self.sync_job(state, stats)
-            except RetryableError as error:
-                stats.errors.append(str(error))
-                stats.failures.append(error)
-                log.warning("job.retry_later", job_id=state.job_id, error=str(error))
+    def sync_unsynced(
+        self, stats: CycleStats, on_job: Callable[[JobState], object] | None = None
+    ) -> None:
+        """Sync every job this replica works on. Their API reads run in a few threads; each
+        job goes to W&B (on this thread) as soon as its reads are done, so that reading the
+        next jobs overlaps writing this one."""
+        claimed = self._claim(self.store.unsynced_jobs(self.source.name))
+        if not claimed:
+            return
+        pool = ThreadPoolExecutor(max(1, self.fetch_workers), thread_name_prefix="ftbridge-fetch")
+        try:
+            futures = {pool.submit(self._fetch, state): state for state in claimed}
+            for future in as_completed(futures):
+                if self.stopping.is_set():
+                    return
+                state = futures[future]
+                if on_job is not None:
+                    on_job(state)
+                stats.active += 0 if mapping.is_terminal(state.status) else 1
+                try:
+                    new, state = future.result()
+                    stats.events += new
+                    self._write(state, stats)
+                except RetryableError as error:
+                    stats.errors.append(str(error))
+                    stats.failures.append(error)
+                    log.warning("job.retry_later", job_id=state.job_id, error=str(error))
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _claim(self, unsynced: list[JobState]) -> list[JobState]:
         """The jobs this replica works on now: those whose lease it holds or can take, up to
@@ -238,9 +272,28 @@ class Bridge:
         if self.leases is not None:
             self.leases.release([f"job:{job_id}"])
 
+    def _fetch(self, state: JobState) -> tuple[int, JobState]:
+        """The API side of a job's sync (run in a worker thread): its new events, its snapshot
+        again when they hint at a status change, and what a finished job's outputs need."""
+        new = self.fetch_events(state.job_id)
+        fetched = self._fetched_at.get(state.job_id, float("-inf"))
+        if self._hinted.pop(state.job_id, False) and fetched < self._cycle_started:
+            self.refresh(state.job_id)
+            state = self.store.get_job(state.job_id) or state
+        if mapping.is_terminal(state.status) and mapping.should_write_run(
+            state.job, self.native_mode
+        ):
+            self.outputs.prefetch(state)
+        return new, state
+
     def sync_job(self, state: JobState, stats: CycleStats) -> None:
+        new, state = self._fetch(state)
+        stats.events += new
+        self._write(state, stats)
+
+    def _write(self, state: JobState, stats: CycleStats) -> None:
+        """The W&B side of a job's sync (always on the calling thread)."""
         job_id = state.job_id
-        stats.events += self.fetch_events(job_id)
         if not mapping.should_write_run(state.job, self.native_mode):
             self.store.set_run(job_id, "skipped")
             if mapping.is_terminal(state.status):
@@ -277,6 +330,8 @@ class Bridge:
             if known:
                 break
         fresh.reverse()
+        if any(event.get("type") != "metrics" for event in fresh):
+            self._hinted[job_id] = True  # messages come with status changes
         return self.store.add_events(job_id, fresh)
 
     def _ensure_open(self, state: JobState) -> None:

@@ -4,14 +4,14 @@ the dispatcher and the stop flag; polled one after another in each cycle."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import structlog
 
 from bridge.engine import Bridge, CycleStats
 from bridge.errors import JobNotFound, RetryableError
 from bridge.leases import Leases
-from bridge.ports import RunSink, StateStore
+from bridge.ports import JobState, RunSink, StateStore
 from bridge.webhooks import Dispatcher
 
 log = structlog.get_logger(__name__)
@@ -74,9 +74,11 @@ class BridgeGroup:
     def discover(self, stats: CycleStats | None = None, *, full: bool = False) -> int:
         return sum(bridge.discover(stats, full=full) for bridge in self.bridges)
 
-    def sync_unsynced(self, stats: CycleStats) -> None:
+    def sync_unsynced(
+        self, stats: CycleStats, on_job: Callable[[JobState], object] | None = None
+    ) -> None:
         for bridge in self.bridges:
-            bridge.sync_unsynced(stats)
+            bridge.sync_unsynced(stats, on_job)
 
     def sync_one(self, job_id: str, stats: CycleStats) -> None:
         for bridge in self.bridges:

@@ -6,6 +6,8 @@ took, and a lost segment's artifacts are given again (see ``SqlStore.recover_seg
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -55,6 +57,38 @@ class Outputs:
         self.source = source
         self.sink = sink
         self.store = store
+        # Read ahead by ``prefetch`` (a worker thread), used once by the writer.
+        self._files: dict[str, bytes] = {}
+        self._checkpoints: dict[str, list[Json]] = {}
+        self._lock = threading.Lock()
+
+    def prefetch(self, state: JobState) -> None:
+        """Read a finished job's checkpoints and result files ahead of writing its run."""
+        done = self.store.logged_artifacts(state.job_id)
+        try:
+            listed = self.source.checkpoints(state.job_id)
+        except (JobNotFound, SourceRejected):
+            listed = None
+        files = state.job.get("result_files") if state.status == "succeeded" else None
+        contents = {}
+        for file_id in files if isinstance(files, list) else []:
+            if isinstance(file_id, str) and f"results:{file_id}" not in done:
+                with contextlib.suppress(JobNotFound):
+                    contents[file_id] = self.source.file_content(file_id)
+        with self._lock:
+            if listed is not None:
+                self._checkpoints[state.job_id] = listed
+            self._files.update(contents)
+
+    def _file_content(self, file_id: str) -> bytes:
+        with self._lock:
+            cached = self._files.pop(file_id, None)
+        return cached if cached is not None else self.source.file_content(file_id)
+
+    def _checkpoint_list(self, job_id: str) -> list[Json]:
+        with self._lock:
+            cached = self._checkpoints.pop(job_id, None)
+        return cached if cached is not None else self.source.checkpoints(job_id)
 
     def _give(self, state: JobState, spec: ArtifactSpec, done: set[str]) -> None:
         if spec.key in done:
@@ -71,7 +105,7 @@ class Outputs:
         done = self.store.logged_artifacts(state.job_id)
         before = len(done)
         try:
-            listed = self.source.checkpoints(state.job_id)
+            listed = self._checkpoint_list(state.job_id)
         except (JobNotFound, SourceRejected) as error:
             # Some OpenAI-compatible endpoints have no checkpoints route.
             log.warning("checkpoints.unavailable", job_id=state.job_id, error=str(error))
@@ -120,7 +154,7 @@ class Outputs:
             if not isinstance(file_id, str) or f"results:{file_id}" in done:
                 continue
             try:
-                content = self.source.file_content(file_id)
+                content = self._file_content(file_id)
             except JobNotFound:
                 log.warning("results.missing", job_id=state.job_id, file_id=file_id)
                 continue

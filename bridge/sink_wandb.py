@@ -87,12 +87,27 @@ class WandbSink:
                 settings=self._settings(),
             )
         except Exception as error:  # noqa: BLE001 - wandb raises many kinds; all mean "not now"
+            self._forget_failed_init()
             raise SinkUnavailable(f"W&B did not open run {spec.run_id}: {_reason(error)}") from None
         run.define_metric(STEP_KEY)
         run.define_metric("*", step_metric=STEP_KEY, step_sync=True)
         self._runs[spec.run_id] = run
         self._last_step[spec.run_id] = -1
         return str(run.settings.sync_file)
+
+    def _forget_failed_init(self) -> None:
+        """A failed ``wandb.init`` leaves its run id registered in wandb-core: every later
+        init of that id in this process fails at once with "run ID ... is in use", so the
+        run could never open again, even once W&B is back. ``wandb.teardown()`` releases it
+        (it also stops wandb-core, so only when no other run is open here; otherwise the id
+        stays blocked until the next start)."""
+        if self._runs:
+            return
+        try:
+            wandb.teardown()
+            wandb.setup(wandb.Settings(silent=True, show_info=False))
+        except Exception as error:  # noqa: BLE001 - best effort; the next open says what fails
+            log.warning("wandb.teardown_failed", error=_reason(error))
 
     def is_open(self, run_id: str) -> bool:
         return run_id in self._runs

@@ -28,7 +28,9 @@ from bridge.ports import (
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=FULL")
+    # In WAL mode NORMAL survives a killed process; only an OS crash or power cut can lose the
+    # last commits, and what they held is read again from the API.
+    cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.close()
 
@@ -151,11 +153,15 @@ class SqlStore:
                     schema.jobs.c.synced,
                     schema.jobs.c.status_seq,
                     schema.jobs.c.run_url,
+                    schema.jobs.c.job_json,
                 ).where(schema.jobs.c.job_id == job_id)
             ).first()
+            snapshot = _dumps(job)
+            if row is not None and row.job_json == snapshot and run_url in (None, row.run_url):
+                return None  # nothing new: no write
             values: dict[str, Any] = {
                 "status": status,
-                "job_json": _dumps(job),
+                "job_json": snapshot,
                 "updated_at": time.time(),
             }
             if run_url is not None:

@@ -291,11 +291,26 @@ def wait_for_exit(path: str | Path, timeout: float = 10.0) -> RunLog:
     file's buffered tail, so a file read right after `finish()` may lack its last records.
     """
     deadline = time.monotonic() + timeout
-    while (log := read_run(path)).exit_code is None:
+    while not _ends_with_exit(path):
         if time.monotonic() > deadline:
             raise TimeoutError(f"{path}: no exit record after {timeout} s")
         time.sleep(0.01)
-    return log
+    return read_run(path)
+
+
+def _ends_with_exit(path: str | Path) -> bool:
+    """Whether the file's last complete record is the exit record (only that one decoded)."""
+    last = None
+    with Path(path).open("rb") as file:
+        _check_header(path, file.read(len(FILE_HEADER)))
+        for payload in _payloads(_chunks(file)):
+            last = payload
+    if last is None:
+        return False
+    try:
+        return bool(_RECORD.FromString(last).WhichOneof("record_type") == "exit")
+    except DecodeError:
+        return False
 
 
 def steps(path: str | Path) -> list[int]:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import pty
 import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -214,3 +219,43 @@ def test_restart_mid_job_loses_and_repeats_nothing(
     assert_history_matches(merged.history, expected_rows(emulator, "ftjob-long"))
     assert len(merged.history) == 120
     assert merged.exit_code == 0
+
+
+def test_sync_shows_a_progress_bar_on_a_terminal(
+    start_emulator: StartEmulator, bridge_process: MakeBridge
+) -> None:
+    emulator = start_emulator([JobScenario(n_steps=3, created_offset=-3600) for _ in range(3)])
+    bridge = bridge_process(emulator)
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bridge.cli", "sync", "--all"],
+        env={**bridge.env, "COLUMNS": "120"},
+        cwd=bridge.workdir,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=follower,
+    )
+    os.close(follower)
+    screen = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        screen += chunk
+    assert proc.wait(timeout=60) == 0
+    os.close(leader)
+    assert b"syncing" in screen and b"3/3" in screen, screen[-500:]
+
+
+def test_sync_off_a_terminal_logs_a_line_per_job(
+    start_emulator: StartEmulator, bridge_process: MakeBridge
+) -> None:
+    emulator = start_emulator([JobScenario(n_steps=3, created_offset=-3600) for _ in range(3)])
+    bridge = bridge_process(emulator)
+    result = bridge.run("sync", "--all")
+    assert result.returncode == 0
+    lines = [json.loads(x) for x in result.stderr.splitlines() if x.startswith("{")]
+    assert [line["n"] for line in lines if line["event"] == "sync.job"] == [1, 2, 3]

@@ -196,18 +196,41 @@ def test_native_jobs_are_tracked_but_not_written(source: MemorySource, tmp_path:
     assert state is not None and state.synced and state.run_state == "skipped"
 
 
-def test_unsynced_job_missing_from_the_listing_is_fetched_directly(
+def test_a_job_off_the_listed_pages_is_fetched_only_when_it_may_have_changed(
     source: MemorySource, tmp_path: Path
 ) -> None:
     source.put_job(job("ftjob-old", status="running", created_at=1))
+    add_steps(source, "ftjob-old", range(1, 3))
     bridge = make_bridge(source, MemorySink(), tmp_path / "s.db")
     bridge.poll()
     for i in range(5):  # newer jobs push it off the first page
         source.put_job(job(f"new-{i}", status="succeeded", created_at=100 + i))
     bridge.poll()
-    source.put_job(job("ftjob-old", status="succeeded", created_at=1))
+    add_steps(source, "ftjob-old", range(3, 5))
     source.calls.clear()
     bridge.poll()
-    assert source.calls["get_job"] == 1
+    assert source.calls == {"list_jobs": 1, "list_events": 1}, "metrics alone: no job fetch"
+
+    source.put_job(job("ftjob-old", status="succeeded", created_at=1))
+    source.add_event("ftjob-old", message("done", "The job has successfully completed"))
+    source.calls.clear()
+    bridge.poll()
+    assert source.calls["get_job"] == 1, "a message event may come with a status change"
     state = bridge.store.get_job("ftjob-old")
     assert state is not None and state.status == "succeeded" and state.synced
+
+
+def test_a_stale_snapshot_is_fetched_even_without_events(
+    source: MemorySource, tmp_path: Path
+) -> None:
+    source.put_job(job("ftjob-old", status="running", created_at=1))
+    bridge = make_bridge(source, MemorySink(), tmp_path / "s.db")
+    bridge.poll()
+    for i in range(5):
+        source.put_job(job(f"new-{i}", status="succeeded", created_at=100 + i))
+    bridge.poll()
+    source.put_job(job("ftjob-old", status="cancelled", created_at=1))
+    bridge.refresh_after = 0.0
+    bridge.poll()
+    state = bridge.store.get_job("ftjob-old")
+    assert state is not None and state.status == "cancelled" and state.synced

@@ -48,8 +48,11 @@ class Dispatcher:
         batch: int = 100,
         timeout: float = 10.0,
         owner: str | None = None,
+        on_attempt: Callable[[AttemptResult], object] | None = None,
     ) -> None:
         self.engine = engine
+        # Told of every attempt's result (the metrics count them by outcome).
+        self.on_attempt = on_attempt
         # The replica's name, to claim deliveries when several share the database.
         self.owner = owner
         self._claim_for = 6 * timeout + 60  # longer than a lane of attempts takes
@@ -147,6 +150,8 @@ class Dispatcher:
             return AttemptResult("retry", error=f"{type(error).__name__} in the sender")
 
     def _record(self, item: DueDelivery, target: Target | None, result: AttemptResult) -> None:
+        if self.on_attempt is not None:
+            self.on_attempt(result)
         now = self._clock()
         attempts = item.attempts + 1
         state, next_at = self._next_state(attempts, result, now)
