@@ -83,6 +83,7 @@ def build_bridge(
         bridge.dispatcher = dispatcher
         bridge.leases = leases
         bridge.refresh_after = max(60.0, 10 * settings.poll_interval)
+        bridge.fetch_workers = settings.fetch_workers
         bridge.prices = price_table
         bridge.dataset_rows = settings.dataset_sample_rows if settings.log_datasets else 0
         bridges.append(bridge)

@@ -82,7 +82,7 @@ class Bridge:
         self._hinted: dict[str, bool] = {}
         self._cycle_started = float("-inf")
         self.refresh_after = 60.0
-        self.fetch_workers = 8
+        self.fetch_workers = 4
         # Rows of the training/validation files sampled into a dataset artifact; 0 = off.
         self.dataset_rows = 0
         self.prices: Mapping[str, float] = prices.DEFAULT_PRICES

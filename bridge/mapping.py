@@ -81,8 +81,9 @@ class ArtifactSpec:
 
 
 def _artifact_name(text: str) -> str:
-    """W&B artifact names allow letters, digits, dashes, underscores and dots."""
-    return "".join(c if c.isalnum() or c in "-_." else "-" for c in text)[:128]
+    """W&B artifact names allow letters, digits, dashes, underscores and dots, all ASCII
+    (``str.isalnum`` alone lets "é" through, which ``wandb.Artifact`` refuses)."""
+    return "".join(c if (c.isascii() and c.isalnum()) or c in "-_." else "-" for c in text)[:128]
 
 
 def checkpoint_artifact(job_id: str, checkpoint: Mapping[str, Any]) -> ArtifactSpec | None:

@@ -48,7 +48,15 @@ def _value(cell: str | None) -> float | None:
 
 def parse(content: bytes) -> list[MetricRow]:
     """One row per step, metrics named as the events name them; unreadable cells are left out."""
-    reader = csv.DictReader(io.StringIO(decode(content)))
+    # newline="" as the csv module wants: a stray "\r" in a field is then data, not an error.
+    reader = csv.DictReader(io.StringIO(decode(content), newline=""))
+    try:
+        return _rows(reader)
+    except csv.Error as error:  # a NUL byte, a field over csv's size limit, ...
+        raise ResultFileError(f"not a readable CSV: {error}") from None
+
+
+def _rows(reader: csv.DictReader[str]) -> list[MetricRow]:
     rows: list[MetricRow] = []
     for record in reader:
         step = _value(record.get("step"))

@@ -63,6 +63,7 @@ class Settings(BaseSettings):
     # The health server (/healthz, /readyz, /metrics): off unless http_port is set.
     http_port: int | None = Field(default=None, ge=0, le=65535)
     http_host: str = "0.0.0.0"
+    fetch_workers: int = Field(default=4, ge=1, le=32)
     lease_seconds: float = Field(default=30.0, ge=3, le=600)
     replica_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]{1,128}$")
     log_datasets: bool = False

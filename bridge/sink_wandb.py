@@ -15,7 +15,7 @@ from wandb.sdk.wandb_alerts import AlertLevel
 from bridge.errors import SinkUnavailable
 from bridge.mapping import ArtifactSpec, MetricRow, RunSpec
 from bridge.ports import Json
-from bridge.wandbfile import WandbFileError, read_run, wait_for_exit
+from bridge.wandbfile import WandbFileError, read_run, wait_for_exit_record
 
 log = structlog.get_logger(__name__)
 
@@ -31,6 +31,22 @@ class WandbOptions:
     init_timeout: float = 60.0
     finish_timeout: float = 10.0
     flush_interval: float = 1.0
+
+
+def quiet_settings(**settings: Any) -> Any:
+    """``wandb.Settings`` for a service: no console capture, system stats, git or code
+    snapshots, and no terminal messages; ``settings`` adds to them."""
+    return wandb.Settings(
+        console="off",
+        silent=True,
+        save_code=False,
+        disable_git=True,
+        x_disable_stats=True,
+        x_disable_machine_info=True,
+        x_disable_meta=True,
+        x_save_requirements=False,
+        **settings,
+    )
 
 
 class WandbSink:
@@ -51,19 +67,11 @@ class WandbSink:
             extra["api_key"] = opts.api_key
         if opts.base_url:
             extra["base_url"] = opts.base_url
-        return wandb.Settings(
+        return quiet_settings(
             mode=opts.mode,
             init_timeout=opts.init_timeout,
             finish_timeout=opts.finish_timeout,
             finish_timeout_raises=True,
-            console="off",
-            silent=True,
-            save_code=False,
-            disable_git=True,
-            x_disable_stats=True,
-            x_disable_machine_info=True,
-            x_disable_meta=True,
-            x_save_requirements=False,
             # wandb-core writes the .wandb file every 15 s by default: a kill -9 loses up to
             # that much, which the bridge then sends again. Flushing often keeps that small.
             x_transaction_log_flush_interval=opts.flush_interval,
@@ -192,7 +200,7 @@ class WandbSink:
         """``finish()`` returns a moment before wandb-core writes the file's tail: wait for
         the exit record, so that "finished" really means "on disk"."""
         try:
-            wait_for_exit(segment, timeout=self._options.finish_timeout)
+            wait_for_exit_record(segment, timeout=self._options.finish_timeout)
         except (TimeoutError, WandbFileError, OSError) as error:
             raise SinkUnavailable(f"run {run_id} is not confirmed on disk: {error}") from None
 

@@ -284,17 +284,22 @@ def read_run(path: str | Path) -> RunLog:
     return builder.build()
 
 
+def wait_for_exit_record(path: str | Path, timeout: float = 10.0) -> None:
+    """Return once the file's last record is its exit record (decoding only that record)."""
+    deadline = time.monotonic() + timeout
+    while not _ends_with_exit(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path}: no exit record after {timeout} s")
+        time.sleep(0.005)
+
+
 def wait_for_exit(path: str | Path, timeout: float = 10.0) -> RunLog:
     """Read a run once its exit record is on disk.
 
     With wandb 0.31, `run.finish()` returns a few milliseconds before wandb-core writes the
     file's buffered tail, so a file read right after `finish()` may lack its last records.
     """
-    deadline = time.monotonic() + timeout
-    while not _ends_with_exit(path):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{path}: no exit record after {timeout} s")
-        time.sleep(0.01)
+    wait_for_exit_record(path, timeout)
     return read_run(path)
 
 

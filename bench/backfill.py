@@ -1,0 +1,236 @@
+"""Benchmark 1, backfill: finished jobs into offline W&B, three ways, side by side.
+
+(a) ``ftbridge sync --all`` (the real CLI, a subprocess, fresh state and WANDB_DIR);
+(b) wandb's own ``WandbLogger.sync`` looped over the same jobs (bench/backfill_workers.py,
+    with its W&B-server look-ups bypassed);
+(c) the floor: one offline run per job, one after another, the same rows, no API calls.
+
+Each contender is timed from process start to exit (interpreter start-up and imports
+included, the same for all), then every run it wrote is read back from its ``.wandb`` files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.backfill_workers import BYPASSES
+from bench.common import (
+    API_KEY,
+    EmulatorProcess,
+    Result,
+    bridge_env,
+    clean_env,
+    finished_jobs,
+    say,
+    table,
+    verdict,
+)
+from bridge import mapping
+from bridge.emulator import Scenario
+from bridge.source_openai import OpenAISource
+from bridge.wandbfile import read_merged
+
+RowsByJob = dict[str, list[list[Any]]]
+
+
+@dataclass
+class Contender:
+    name: str
+    label: str
+    command: list[str]
+    env: dict[str, str]
+    workdir: Path
+
+
+def ftbridge_command() -> list[str]:
+    script = Path(sys.executable).parent / "ftbridge"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "bridge.cli"]
+
+
+def expected_rows(base_url: str) -> RowsByJob:
+    """Every job's history rows as the bridge maps them, read once before any timing."""
+    source = OpenAISource.create(api_key=API_KEY, base_url=base_url, timeout=30, max_retries=2)
+    job_ids = [str(job["id"]) for page in source.job_pages() for job in page]
+    rows: RowsByJob = {}
+    for job_id in reversed(job_ids):  # oldest first, as a loop over the jobs would go
+        events = [event for page in source.event_pages(job_id) for event in page]
+        metric_rows = [r for e in reversed(events) if (r := mapping.metric_row(e)) is not None]
+        rows[job_id] = [[r.step, r.values] for r in mapping.merge_rows(metric_rows)]
+    return rows
+
+
+def check_runs(wandb_dir: Path, rows_by_job: RowsByJob) -> tuple[int, list[str]]:
+    """How many runs hold every expected step with its train_loss; and what is wrong."""
+    good, problems = 0, []
+    for job_id, rows in rows_by_job.items():
+        try:
+            history = read_merged(wandb_dir, job_id).history
+        except FileNotFoundError:
+            problems.append(f"{job_id}: no run")
+            continue
+        got = {int(r["_step"]): r["train_loss"] for r in history if "train_loss" in r}
+        want = {int(step): values.get("train_loss") for step, values in rows}
+        if sorted(got) != sorted(want):
+            problems.append(f"{job_id}: steps {len(got)} of {len(want)}")
+        elif any(not math.isclose(got[s], want[s], rel_tol=1e-6) for s in want if want[s]):
+            problems.append(f"{job_id}: train_loss differs")
+        else:
+            good += 1
+    return good, problems
+
+
+CONTENDERS = ("ftbridge", "wandblogger", "wandblogger_lean", "floor")
+
+
+def run_backfill(
+    n_jobs: int, n_steps: int, workdir: Path, *, only: Sequence[str] = CONTENDERS
+) -> Result:
+    say(f"\n== 1. Backfill: {n_jobs} finished jobs x {n_steps} steps into offline W&B ==")
+    scenario = Scenario(seed=1, jobs=finished_jobs(n_jobs, n_steps))
+    workdir.mkdir(parents=True, exist_ok=True)
+    with EmulatorProcess(scenario, workdir) as emu:
+        rows = expected_rows(emu.base_url)
+        ids_file, rows_file = workdir / "job_ids.json", workdir / "rows.json"
+        ids_file.write_text(json.dumps(list(rows)), encoding="utf-8")
+        rows_file.write_text(json.dumps(rows), encoding="utf-8")
+        worker = [sys.executable, "-m", "bench.backfill_workers"]
+        logger_args = ["wandblogger", "--base-url", emu.base_url, "--api-key", API_KEY]
+        logger_args += ["--jobs", str(ids_file)]
+        contenders = [
+            Contender(
+                "ftbridge",
+                "ftbridge sync --all",
+                [*ftbridge_command(), "sync", "--all"],
+                bridge_env(emu.base_url, workdir / "ftbridge"),
+                workdir / "ftbridge",
+            ),
+            Contender(
+                "wandblogger",
+                "WandbLogger.sync, looped (defaults)",
+                [*worker, *logger_args],
+                clean_env(workdir / "wandblogger"),
+                workdir / "wandblogger",
+            ),
+            Contender(
+                "wandblogger_lean",
+                "WandbLogger.sync, looped (no datasets, lean settings)",
+                [*worker, *logger_args, "--lean"],
+                clean_env(workdir / "wandblogger_lean"),
+                workdir / "wandblogger_lean",
+            ),
+            Contender(
+                "floor",
+                "floor: one offline run per job, same rows",
+                [*worker, "floor", "--rows", str(rows_file)],
+                clean_env(workdir / "floor"),
+                workdir / "floor",
+            ),
+        ]
+        contenders = [c for c in contenders if c.name in only]
+        figures: dict[str, Result] = {}
+        for contender in contenders:
+            figures[contender.name] = _time(contender, emu, rows)
+            say(
+                f"  {contender.label}: {figures[contender.name]['wall_s']:.2f} s, "
+                f"{figures[contender.name]['runs_ok']}/{n_jobs} runs complete"
+            )
+    return _report(n_jobs, n_steps, contenders, figures)
+
+
+def _time(contender: Contender, emu: EmulatorProcess, rows: RowsByJob) -> Result:
+    shutil.rmtree(contender.workdir, ignore_errors=True)
+    contender.workdir.mkdir(parents=True)
+    before = emu.stats()["counts"]
+    log_path = contender.workdir / "output.log"
+    with log_path.open("wb") as log:
+        started = time.perf_counter()
+        code = subprocess.run(
+            contender.command,
+            env=contender.env,
+            cwd=contender.workdir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            check=False,
+            timeout=3600,
+        ).returncode
+        wall = time.perf_counter() - started
+    after = emu.stats()["counts"]
+    requests = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    good, problems = check_runs(contender.workdir, rows)
+    if code != 0 or problems:
+        tail = log_path.read_text(errors="replace").splitlines()[-5:]
+        say(f"  !! {contender.name}: exit {code}; {problems[:3]}; log tail: {tail}")
+    return {
+        "wall_s": wall,
+        "exit_code": code,
+        "runs_ok": good,
+        "problems": problems[:10],
+        "requests": sum(requests.values()),
+        "requests_by_kind": {k: v for k, v in requests.items() if v},
+    }
+
+
+def _report(
+    n_jobs: int, n_steps: int, contenders: list[Contender], figures: dict[str, Result]
+) -> Result:
+    nan = {"wall_s": math.nan}
+    bridge = figures.get("ftbridge", nan)["wall_s"]
+    logger = figures.get("wandblogger", nan)["wall_s"]
+    floor = figures.get("floor", nan)["wall_s"]
+    rows = [
+        [
+            c.label,
+            figures[c.name]["wall_s"],
+            figures[c.name]["wall_s"] / n_jobs * 1000,
+            figures[c.name]["requests"],
+            f"{figures[c.name]['runs_ok']}/{n_jobs}",
+            figures[c.name]["wall_s"] / bridge,
+        ]
+        for c in contenders
+    ]
+    say()
+    say(
+        table(
+            f"Backfill, {n_jobs} jobs x {n_steps} steps (wall time, process start to exit)",
+            ["contender", "wall s", "ms/job", "API requests", "runs complete", "x ftbridge"],
+            rows,
+        )
+    )
+    speedup = logger / bridge
+    vs_floor = bridge / floor
+    all_written = all(f["runs_ok"] == n_jobs for f in figures.values())
+    say(
+        f"  ftbridge vs WandbLogger: {speedup:.2f}x faster (target >= 2.5x): "
+        f"{verdict(speedup >= 2.5)}"
+    )
+    say(
+        f"  ftbridge vs floor: {vs_floor:.2f}x the floor's time (target <= 1.0): "
+        f"{verdict(vs_floor <= 1.0)}"
+    )
+    if "wandblogger_lean" in figures:
+        lean = figures["wandblogger_lean"]["wall_s"] / bridge
+        say(f"  ftbridge vs WandbLogger like-for-like (no datasets, lean settings): {lean:.2f}x")
+    say(f"  every run written and complete: {all_written}")
+    say("  WandbLogger bypasses (monkeypatched in its process, W&B offline):")
+    for line in BYPASSES:
+        say(f"    - {line}")
+    return {
+        "jobs": n_jobs,
+        "steps": n_steps,
+        "contenders": figures,
+        "speedup_vs_wandblogger": speedup,
+        "ratio_vs_floor": vs_floor,
+        "target_speedup_met": speedup >= 2.5,
+        "target_floor_met": vs_floor <= 1.0,
+        "all_runs_written": all_written,
+        "wandblogger_bypasses": list(BYPASSES),
+    }

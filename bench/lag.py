@@ -1,0 +1,226 @@
+"""Benchmark 2, live lag: running jobs emitting a step per second, polled every 2 s.
+
+The bridge runs in this process, built exactly as ``ftbridge run`` builds it (``build_bridge``
+and ``run_daemon``: the same APScheduler timer), against the emulator in its own process. Two
+wrappers observe without changing anything (``Observer``): one around the real ``WandbSink``'s
+``log`` notes when it returned (the rows were handed to W&B), one around ``Bridge.poll``
+notes when each cycle starts and ends.
+
+Event times: ``created_at`` has a resolution of one second. The scenario starts at a whole
+second and every job's creation offset and step length are whole seconds, so every event
+happens at a whole emulated second: its ``created_at`` is its exact emulated time, not a
+floor. Emulated time is mapped to real time with the emulator's clock offset (measured with
+``/_emulator/stats``, the sample with the shortest round trip). The lag of a row is then
+(time ``log`` returned) - (real time of its event), exact to the millisecond. With the real
+API, ``created_at`` is a floor and the same measurement would read up to 1 s high.
+
+Events created before the first cycle ended are left out (that cycle opens every run and
+catches up on the steps made before the bridge started: a backfill, not live lag).
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import wandb
+
+from bench.common import (
+    API_KEY,
+    PROJECT,
+    EmulatorProcess,
+    Result,
+    percentile,
+    running_jobs,
+    say,
+    table,
+    verdict,
+)
+from bridge.app import build_bridge
+from bridge.daemon import run_daemon
+from bridge.emulator import Scenario
+from bridge.engine import Bridge, CycleStats
+from bridge.logs import configure_logging
+from bridge.mapping import MetricRow
+from bridge.settings import load_settings
+from bridge.store import SqlStore
+
+POLL_INTERVAL = 2.0
+
+
+class Observer:
+    """Notes when rows are handed to W&B and when poll cycles run, by wrapping two bound
+    methods of the bridge's own objects (its sink's ``log`` and its ``poll``): whatever
+    else holds the sink sees the same wrapper, and nothing else changes."""
+
+    def __init__(self, bridge: Bridge) -> None:
+        self.handoffs: list[tuple[str, int, float]] = []
+        self.cycles: list[tuple[float, float, CycleStats]] = []
+        self._lock = threading.Lock()
+        log_rows = bridge.sink.log
+        poll = bridge.poll
+
+        def timed_log(run_id: str, rows: Sequence[MetricRow]) -> None:
+            log_rows(run_id, rows)
+            now = time.time()
+            with self._lock:
+                self.handoffs.extend((run_id, row.step, now) for row in rows)
+
+        def timed_poll() -> CycleStats:
+            started = time.time()
+            stats = poll()
+            self.cycles.append((started, time.time(), stats))
+            return stats
+
+        setattr(bridge.sink, "log", timed_log)  # noqa: B010 - an instance attribute on purpose
+        setattr(bridge, "poll", timed_poll)  # noqa: B010
+
+
+def run_lag(n_jobs: int, seconds: float, workdir: Path) -> Result:
+    say(
+        f"\n== 2. Live lag: {n_jobs} running jobs, a step per second, poll every "
+        f"{POLL_INTERVAL:g} s, {seconds:g} s measured =="
+    )
+    workdir.mkdir(parents=True, exist_ok=True)
+    steps = int(seconds + 180)  # long enough to run past the first cycle and the window
+    scenario = Scenario(
+        seed=2, start_time=float(math.floor(time.time())), jobs=running_jobs(n_jobs, steps)
+    )
+    with EmulatorProcess(scenario, workdir) as emu:
+        offset_before = emu.clock_offset()
+        settings = load_settings(
+            None,
+            openai_api_key=API_KEY,
+            openai_base_url=emu.base_url,
+            wandb_mode="offline",
+            wandb_dir=workdir,
+            wandb_project=PROJECT,
+            database_url=f"sqlite:///{workdir / 'state.db'}",
+            poll_interval=POLL_INTERVAL,
+            log_format="json",
+            log_level="warning",
+        )
+        configure_logging(level=settings.log_level, fmt=settings.log_format)
+        bridge = build_bridge(settings)
+        if not isinstance(bridge, Bridge):
+            raise TypeError("the lag benchmark expects one source (one Bridge)")
+        observer = Observer(bridge)
+
+        def done() -> bool:
+            cycles = observer.cycles
+            return bool(cycles) and time.time() > cycles[0][1] + seconds
+
+        handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+        started = time.time()
+        try:
+            run_daemon(
+                bridge,
+                interval=settings.poll_interval,
+                backoff_max=30.0,
+                shutdown_timeout=settings.shutdown_timeout,
+                until=done,
+            )
+        finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+            bridge.store.close()
+            wandb.teardown()
+        offset_after = emu.clock_offset()
+    offset = (offset_before + offset_after) / 2
+    return _report(n_jobs, seconds, workdir, observer, started, offset, offset_after)
+
+
+def _event_times(workdir: Path) -> dict[tuple[str, int], int]:
+    store = SqlStore(f"sqlite:///{workdir / 'state.db'}")
+    try:
+        return {
+            (job.job_id, event.step): event.event["created_at"]
+            for job in store.all_jobs()
+            for event in store.events(job.job_id)
+            if event.step is not None
+        }
+    finally:
+        store.close()
+
+
+def _report(  # noqa: PLR0917 - one call site, in order
+    n_jobs: int,
+    seconds: float,
+    workdir: Path,
+    observer: Observer,
+    started: float,
+    offset: float,
+    offset_after: float,
+) -> Result:
+    created = _event_times(workdir)
+    first_cycle_end = observer.cycles[0][1] if observer.cycles else started
+    last_cycle_start = observer.cycles[-1][0] if observer.cycles else started
+    lags: list[float] = []
+    for job_id, step, handed in observer.handoffs:
+        emulated = created.get((job_id, step))
+        if emulated is None:
+            continue
+        real = emulated - offset
+        if first_cycle_end <= real <= last_cycle_start:
+            lags.append(handed - real)
+    in_window = sum(
+        1 for t in created.values() if first_cycle_end <= t - offset <= last_cycle_start
+    )
+    durations = [end - begin for begin, end, _ in observer.cycles[1:]]
+    p50, p95, p99 = (percentile(lags, q) for q in (50, 95, 99))
+    target = POLL_INTERVAL + 1.0
+    say()
+    say(
+        table(
+            f"Live lag, {n_jobs} jobs x 1 step/s, poll {POLL_INTERVAL:g} s "
+            "(event created -> row handed to W&B)",
+            ["rows", "p50 s", "p95 s", "p99 s", "max s", "target p95 s", "result"],
+            [
+                [
+                    len(lags),
+                    p50,
+                    p95,
+                    p99,
+                    max(lags, default=math.nan),
+                    f"< {target:g}",
+                    verdict(p95 < target),
+                ]
+            ],
+        )
+    )
+    say(
+        f"  rows measured {len(lags)} of {in_window} events created in the window "
+        f"(first cycle end -> last cycle start); the first cycle (opening {n_jobs} runs "
+        f"and catching up) took {first_cycle_end - started:.1f} s and is left out"
+    )
+    say(
+        f"  poll cycles after the first: {len(durations)}, duration p50 "
+        f"{percentile(durations, 50):.2f} s, p95 {percentile(durations, 95):.2f} s, "
+        f"max {max(durations, default=math.nan):.2f} s"
+    )
+    say(
+        f"  emulated clock - real clock: {offset * 1000:.1f} ms (drift over the run "
+        f"{(offset_after - offset) * 2000:.1f} ms); created_at is exact (whole-second events)"
+    )
+    return {
+        "jobs": n_jobs,
+        "poll_interval_s": POLL_INTERVAL,
+        "window_s": seconds,
+        "rows": len(lags),
+        "events_in_window": in_window,
+        "p50_s": p50,
+        "p95_s": p95,
+        "p99_s": p99,
+        "max_s": max(lags, default=math.nan),
+        "target_p95_s": target,
+        "target_met": p95 < target,
+        "first_cycle_s": first_cycle_end - started,
+        "cycle_p50_s": percentile(durations, 50),
+        "cycle_p95_s": percentile(durations, 95),
+        "cycle_max_s": max(durations, default=math.nan),
+        "cycles": len(durations),
+    }
