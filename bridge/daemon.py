@@ -59,7 +59,8 @@ class Poller:
                 self._back_off(str(error), None)
                 return None
             except Exception as error:
-                log.exception("cycle.crashed")
+                if self.failures == 0:  # the traceback once per streak, not every cycle
+                    log.exception("cycle.crashed")
                 self._failed(error, started)
                 self._back_off("unexpected error (see the traceback above)", None)
                 return None

@@ -82,6 +82,7 @@ class Bridge:
         self._hinted: dict[str, bool] = {}
         self._cycle_started = float("-inf")
         self.refresh_after = 60.0
+        self._retrying: set[str] = set()
         self.fetch_workers = 4
         # Rows of the training/validation files sampled into a dataset artifact; 0 = off.
         self.dataset_rows = 0
@@ -198,6 +199,7 @@ class Bridge:
         if not claimed:
             return
         pool = ThreadPoolExecutor(max(1, self.fetch_workers), thread_name_prefix="ftbridge-fetch")
+        refused: list[SinkUnavailable] = []
         try:
             futures = {pool.submit(self._fetch, state): state for state in claimed}
             for future in as_completed(futures):
@@ -211,12 +213,29 @@ class Bridge:
                     new, state = future.result()
                     stats.events += new
                     self._write(state, stats)
+                except JobNotFound:
+                    log.warning("job.gone", job_id=state.job_id, detail="its events are gone")
+                    self._done_with(state.job_id)
                 except RetryableError as error:
                     stats.errors.append(str(error))
                     stats.failures.append(error)
-                    log.warning("job.retry_later", job_id=state.job_id, error=str(error))
+                    self._retry_later(state.job_id, error)
+                    if isinstance(error, SinkUnavailable):
+                        refused.append(error)
+                else:
+                    self._retrying.discard(state.job_id)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+        if refused and len(refused) == len(claimed):
+            # W&B took nothing: fail the cycle, so that the daemon backs off instead of
+            # trying every job again (each up to the init timeout) on every cycle.
+            raise refused[0]
+
+    def _retry_later(self, job_id: str, error: RetryableError) -> None:
+        """Said once while a job keeps failing, then only as debug."""
+        emit = log.debug if job_id in self._retrying else log.warning
+        self._retrying.add(job_id)
+        emit("job.retry_later", job_id=job_id, error=str(error))
 
     def _claim(self, unsynced: list[JobState]) -> list[JobState]:
         """The jobs this replica works on now: those whose lease it holds or can take, up to

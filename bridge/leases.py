@@ -16,7 +16,8 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 
 import sqlalchemy as sa
 import structlog
@@ -24,6 +25,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from bridge import schema
+from bridge.errors import StoreError, StoreUnavailable
 
 log = structlog.get_logger(__name__)
 
@@ -57,12 +59,23 @@ class Leases:
         self._held: set[str] = set()
         self._lock = threading.Lock()
 
+    @contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        """A transaction; the database's errors come out as the store's (retried later)."""
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except sa.exc.SQLAlchemyError as error:
+            kind = StoreUnavailable if self.engine.dialect.name != "sqlite" else StoreError
+            reason = str(getattr(error, "orig", None) or error).splitlines()[0]
+            raise kind(f"state store failed (leases): {reason}") from None
+
     # One resource
     def acquire(self, resource: str) -> bool:
         """Take or renew ``resource``; False when another live replica holds it."""
         now = self.clock()
         leases = schema.leases
-        with self.engine.begin() as conn:
+        with self._tx() as conn:
             updated = conn.execute(
                 leases.update()
                 .where(
@@ -91,7 +104,7 @@ class Leases:
         names = list(resources)
         if not names:
             return
-        with self.engine.begin() as conn:
+        with self._tx() as conn:
             conn.execute(
                 schema.leases.delete().where(
                     schema.leases.c.resource.in_(names), schema.leases.c.owner == self.owner
@@ -108,7 +121,7 @@ class Leases:
         held = self.held()
         if not held:
             return 0
-        with self.engine.begin() as conn:
+        with self._tx() as conn:
             conn.execute(
                 schema.leases.update()
                 .where(schema.leases.c.owner == self.owner, schema.leases.c.resource.in_(held))
@@ -128,7 +141,7 @@ class Leases:
             return len(self._held)
 
     def release_all(self) -> None:
-        with self.engine.begin() as conn:
+        with self._tx() as conn:
             conn.execute(schema.leases.delete().where(schema.leases.c.owner == self.owner))
             conn.execute(schema.replicas.delete().where(schema.replicas.c.replica_id == self.owner))
         with self._lock:
@@ -139,7 +152,7 @@ class Leases:
         """Say this replica is alive; return how many replicas are."""
         now = self.clock()
         replicas = schema.replicas
-        with self.engine.begin() as conn:
+        with self._tx() as conn:
             updated = conn.execute(
                 replicas.update().where(replicas.c.replica_id == self.owner).values(seen_at=now)
             )

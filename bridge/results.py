@@ -60,7 +60,8 @@ def _rows(reader: csv.DictReader[str]) -> list[MetricRow]:
     rows: list[MetricRow] = []
     for record in reader:
         step = _value(record.get("step"))
-        if step is None or step < 0 or step != int(step):
+        # A step of "nan" is a float here: int() of it would raise.
+        if step is None or not math.isfinite(step) or step < 0 or step != int(step):
             continue
         values = {
             COLUMN_NAMES.get(name, name): number

@@ -356,8 +356,10 @@ class SqlStore:
             )
 
     def recover_segment(self, job_id: str, durable_steps: set[int]) -> int:
-        sent = [e for e in self._events(job_id, "sent")]
-        on_disk = [e.event_id for e in sent if e.step in durable_steps]
+        sent = self._events(job_id, "sent")
+        # A row handed to W&B a moment before a crash may be on disk and yet not marked sent.
+        unmarked = [e for e in self._events(job_id, "new") if e.step in durable_steps]
+        on_disk = [e.event_id for e in [*sent, *unmarked] if e.step in durable_steps]
         again = [e.event_id for e in sent if e.step not in durable_steps]
         with self._tx() as conn:
             for ids, state in ((on_disk, "durable"), (again, "new")):

@@ -14,11 +14,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 from bridge.emulator import Emulator, JobScenario, Scenario
 from bridge.store import SqlStore
 
 API_KEY = "sk-test-0123456789abcdef"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_structlog() -> Iterator[None]:
+    """In-process runs configure structlog globally (level, renderer); give the next test
+    the defaults back, so that ``capture_logs`` sees every level."""
+    yield
+    structlog.reset_defaults()
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
