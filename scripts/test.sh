@@ -17,4 +17,5 @@ echo "== ruff"
 echo "== mypy"
 .venv/bin/python -m mypy
 echo "== pytest"
-.venv/bin/python -m pytest "$@"
+# Two workers (this project's machines have 2 cores); a test file stays on one worker.
+.venv/bin/python -m pytest -n "${PYTEST_WORKERS:-2}" --dist loadfile "$@"

@@ -52,6 +52,8 @@ def test_wandb_unreachable_at_start_then_back(
         WANDB_API_KEY="f" * 40,
         FTBRIDGE_WANDB_INIT_TIMEOUT=str(INIT_TIMEOUT),
         FTBRIDGE_SHUTDOWN_TIMEOUT=str(SHUTDOWN_TIMEOUT),
+        # A job that keeps failing is a warning once, then debug: count every attempt.
+        FTBRIDGE_LOG_LEVEL="debug",
     )
     proc = bridge.start("run")
     started = time.monotonic()
@@ -105,6 +107,12 @@ def test_wandb_unreachable_at_start_then_back(
     assert not any("is in use" in e for e in errors), errors
     assert len(errors) <= len(JOBS) * (1 + elapsed / INIT_TIMEOUT), (len(errors), elapsed)
     assert "Traceback" not in bridge.raw_log()
+    warned = [
+        line
+        for line in bridge.logs()
+        if line.get("event") == "job.retry_later" and line.get("level") == "warning"
+    ]
+    assert len(warned) <= len(JOBS), "a failing job is a warning once, not every cycle"
 
     # W&B back. No W&B server exists in the test environment, so "back" is the same state
     # database opened by a bridge writing offline runs: what matters is that the store kept
