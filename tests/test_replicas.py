@@ -103,11 +103,17 @@ def ownership(processes: list[BridgeProcess]) -> dict[str, list[tuple[float, flo
     return spans
 
 
-def assert_every_step_once(wandb_dir: Path, emulator: Emulator) -> None:
+def assert_every_step_once(
+    wandb_dir: Path, emulator: Emulator, *, lost: frozenset[str] = frozenset()
+) -> None:
+    """Every step in W&B once. A step may stand in two segments only for a job whose lease
+    was lost (``lost``): its successor repaired the run while the old owner still wrote, and
+    W&B keeps one row per step when the segments are merged."""
     for job_id in JOBS:
         segments = [read_run(p) for p in find_run_files(wandb_dir, job_id)]
         steps = [int(row["step"]) for s in segments for row in s.history]
-        assert len(steps) == len(set(steps)), f"{job_id}: a step in two segments"
+        if job_id not in lost:
+            assert len(steps) == len(set(steps)), f"{job_id}: a step in two segments"
         merged = read_merged(wandb_dir, job_id)
         assert_history_matches(merged.history, expected_rows(emulator, job_id))
         assert merged.exit_code == 0
@@ -207,6 +213,13 @@ def test_a_database_outage_is_waited_out(
         proxy.restore()
         wait_until(lambda: all_synced(pg_url), 150, "every job synced after the outage")
         assert [p.stop(proc) for p, proc in zip(group, procs, strict=True)] == [0, 0]
-    assert_every_step_once(group[0].wandb_dir.parent / "wandb-shared", emulator)
+    # The outage outlasts the lease: a replica may take a job the other still holds.
+    lost = frozenset(
+        str(line["job_id"])
+        for p in group
+        for line in p.logs()
+        if line.get("event") == "job.lease_lost"
+    )
+    assert_every_step_once(group[0].wandb_dir.parent / "wandb-shared", emulator, lost=lost)
     failed = [line for p in group for line in p.logs() if line.get("event") == "cycle.failed"]
     assert 1 <= len(failed) <= 2, "each replica said it once"
