@@ -48,8 +48,9 @@ def run_demo(directory: Path, *, time_scale: float = 1.0) -> int:
     print()
     print("ftbridge demo: done. Jobs mirrored into offline W&B runs:")
     for job in jobs:
-        print(f"  {job.job_id}  {job.status:<10}  {job.job.get('model')}")
+        note = "  (its own W&B integration: left to OpenAI)" if job.run_state == "skipped" else ""
+        print(f"  {job.job_id}  {job.status:<10}  {job.job.get('model')}{note}")
     print(f"\nRuns: {directory / 'wandb'}/offline-run-*")
     print("Upload them to W&B with:")
-    print(f"  wandb login && wandb sync --include-offline {directory / 'wandb'}/offline-run-*")
+    print(f"  wandb login && wandb sync {directory / 'wandb'}/offline-run-*")
     return code

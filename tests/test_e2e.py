@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -259,3 +260,32 @@ def test_sync_off_a_terminal_logs_a_line_per_job(
     assert result.returncode == 0
     lines = [json.loads(x) for x in result.stderr.splitlines() if x.startswith("{")]
     assert [line["n"] for line in lines if line["event"] == "sync.job"] == [1, 2, 3]
+
+
+def test_demo_runs_to_the_end_and_prints_a_sync_command_that_works(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "OPENAI_"))}
+    demo = subprocess.run(
+        [sys.executable, "-m", "bridge.cli", "demo", "--dir", "d", "--time-scale", "30"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert demo.returncode == 0, demo.stderr[-2000:]
+    assert "left to OpenAI" in demo.stdout
+    command = demo.stdout.strip().splitlines()[-1].strip()
+    assert command.startswith("wandb login && wandb sync ")
+    paths = sorted(tmp_path.glob("d/wandb/offline-run-*"))
+    assert len(paths) == 7, "every demo job but the one with its own W&B integration"
+    dry = subprocess.run(
+        [sys.executable, "-m", "wandb", "sync", "--dry-run", *map(str, paths)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert dry.returncode == 0 and "Would sync 7 run(s)" in dry.stdout + dry.stderr
