@@ -79,7 +79,7 @@ class Bridge:
         # When each job's snapshot was last read from the API (monotonic), and which jobs
         # got events that may come with a status change.
         self._fetched_at: dict[str, float] = {}
-        self._hinted: dict[str, bool] = {}
+        self._hinted: set[str] = set()
         self._cycle_started = float("-inf")
         self.refresh_after = 60.0
         self._retrying: set[str] = set()
@@ -118,13 +118,13 @@ class Bridge:
         # With several replicas, one of them lists jobs for the whole group each cycle; the
         # others work from the snapshots it stores.
         if self.leases is None or self.leases.acquire(f"list:{self.source.name}"):
-            stats.jobs_seen = self.discover(stats)
+            stats.jobs_seen = self.discover()
         if self.dispatcher is not None:
             self.dispatcher.wake()  # status changes are in the outbox: deliver them now
         self.sync_unsynced(stats)
         return stats
 
-    def discover(self, stats: CycleStats | None = None, *, full: bool = False) -> int:
+    def discover(self, *, full: bool = False) -> int:
         """List jobs newest first, stopping after the page where known jobs begin (unless
         ``full``); jobs still unsynced that the pages did not show are fetched one by one."""
         self._cycle_started = time.monotonic()
@@ -296,7 +296,9 @@ class Bridge:
         again when they hint at a status change, and what a finished job's outputs need."""
         new = self.fetch_events(state.job_id)
         fetched = self._fetched_at.get(state.job_id, float("-inf"))
-        if self._hinted.pop(state.job_id, False) and fetched < self._cycle_started:
+        hinted = state.job_id in self._hinted
+        self._hinted.discard(state.job_id)
+        if hinted and fetched < self._cycle_started:
             self.refresh(state.job_id)
             state = self.store.get_job(state.job_id) or state
         if mapping.is_terminal(state.status) and mapping.should_write_run(
@@ -350,7 +352,7 @@ class Bridge:
                 break
         fresh.reverse()
         if any(event.get("type") != "metrics" for event in fresh):
-            self._hinted[job_id] = True  # messages come with status changes
+            self._hinted.add(job_id)  # messages come with status changes
         return self.store.add_events(job_id, fresh)
 
     def _ensure_open(self, state: JobState) -> None:

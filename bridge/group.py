@@ -71,8 +71,8 @@ class BridgeGroup:
             raise failures[0]
         return total
 
-    def discover(self, stats: CycleStats | None = None, *, full: bool = False) -> int:
-        return sum(bridge.discover(stats, full=full) for bridge in self.bridges)
+    def discover(self, *, full: bool = False) -> int:
+        return sum(bridge.discover(full=full) for bridge in self.bridges)
 
     def sync_unsynced(
         self, stats: CycleStats, on_job: Callable[[JobState], object] | None = None

@@ -25,7 +25,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from bridge import schema
-from bridge.errors import StoreError, StoreUnavailable
+from bridge.store import store_error
 
 log = structlog.get_logger(__name__)
 
@@ -66,9 +66,7 @@ class Leases:
             with self.engine.begin() as conn:
                 yield conn
         except sa.exc.SQLAlchemyError as error:
-            kind = StoreUnavailable if self.engine.dialect.name != "sqlite" else StoreError
-            reason = str(getattr(error, "orig", None) or error).splitlines()[0]
-            raise kind(f"state store failed (leases): {reason}") from None
+            raise store_error(self.engine, error, "state store failed (leases)") from None
 
     # One resource
     def acquire(self, resource: str) -> bool:

@@ -99,6 +99,7 @@ class OpenAISource:
         organization: str | None = None,
         project: str | None = None,
         name: str = "openai",
+        metadata: dict[str, str] | None = None,
     ) -> OpenAISource:
         client = openai.OpenAI(
             api_key=api_key,
@@ -108,7 +109,7 @@ class OpenAISource:
             timeout=timeout,
             max_retries=max_retries,
         )
-        return cls(client, name)
+        return cls(client, name, metadata=metadata)
 
     def _call(self, what: str, request: Callable[[], Any]) -> Json:
         try:

@@ -110,7 +110,6 @@ def make_source(
     config: SourceConfig, settings: Settings, environ: Mapping[str, str]
 ) -> OpenAISource:
     key = config.key(environ)
-    client: openai.OpenAI
     if config.kind == "azure" and config.azure_endpoint:
         client = openai.AzureOpenAI(
             api_key=key,
@@ -119,13 +118,14 @@ def make_source(
             timeout=settings.request_timeout,
             max_retries=settings.max_retries,
         )
-    else:
-        client = openai.OpenAI(
-            api_key=key,
-            base_url=config.base_url,
-            organization=config.organization,
-            project=config.project,
-            timeout=settings.request_timeout,
-            max_retries=settings.max_retries,
-        )
-    return OpenAISource(client, config.name, metadata=config.filters.metadata)
+        return OpenAISource(client, config.name, metadata=config.filters.metadata)
+    return OpenAISource.create(
+        api_key=key,
+        base_url=config.base_url,
+        timeout=settings.request_timeout,
+        max_retries=settings.max_retries,
+        organization=config.organization,
+        project=config.project,
+        name=config.name,
+        metadata=config.filters.metadata,
+    )

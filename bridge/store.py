@@ -84,8 +84,9 @@ class SqlStore:
             self._engine = create_db_engine(url)
             migrate.upgrade(self._engine, self._url_shown)
         except sa.exc.SQLAlchemyError as error:
-            kind = StoreUnavailable if _unreachable(self._engine, error) else StoreError
-            raise kind(f"state store {self._url_shown} cannot be used: {_reason(error)}") from None
+            raise store_error(
+                self._engine, error, f"state store {self._url_shown} cannot be used"
+            ) from None
 
     @contextmanager
     def _tx(self) -> Iterator[Connection]:
@@ -93,8 +94,9 @@ class SqlStore:
             with self._engine.begin() as conn:
                 yield conn
         except sa.exc.SQLAlchemyError as error:
-            kind = StoreUnavailable if _unreachable(self._engine, error) else StoreError
-            raise kind(f"state store {self._url_shown} failed: {_reason(error)}") from None
+            raise store_error(
+                self._engine, error, f"state store {self._url_shown} failed"
+            ) from None
 
     def claim_single_process(self) -> None:
         """SQLite serves one process: take an exclusive lock beside the file (held until the
@@ -122,10 +124,6 @@ class SqlStore:
     @property
     def engine(self) -> Engine:
         return self._engine
-
-    def ping(self) -> None:
-        with self._tx() as conn:
-            conn.execute(sa.text("SELECT 1"))
 
     # Jobs
     def get_job(self, job_id: str) -> JobState | None:
@@ -199,12 +197,6 @@ class SqlStore:
             if self.on_change is not None:
                 self.on_change(conn, change)
         return change
-
-    def set_run_url(self, job_id: str, url: str) -> None:
-        with self._tx() as conn:
-            conn.execute(
-                schema.jobs.update().where(schema.jobs.c.job_id == job_id).values(run_url=url)
-            )
 
     def unsynced_jobs(self, source: str | None = None) -> list[JobState]:
         query = sa.select(schema.jobs).where(schema.jobs.c.synced.is_(False))
@@ -409,11 +401,14 @@ class SqlStore:
         self._engine.dispose()
 
 
-def _unreachable(engine: Engine, error: sa.exc.SQLAlchemyError) -> bool:
-    """A database server that does not answer (SQLite files fail for other reasons)."""
-    return engine.dialect.name != "sqlite" and isinstance(
+def store_error(engine: Engine, error: sa.exc.SQLAlchemyError, what: str) -> StoreError:
+    """A database error as the store's: ``StoreUnavailable`` (tried again later) for a server
+    that does not answer, ``StoreError`` otherwise (SQLite files fail for other reasons)."""
+    unreachable = engine.dialect.name != "sqlite" and isinstance(
         error, sa.exc.OperationalError | sa.exc.InterfaceError
     )
+    kind = StoreUnavailable if unreachable else StoreError
+    return kind(f"{what}: {_reason(error)}")
 
 
 def _reason(error: sa.exc.SQLAlchemyError) -> str:
