@@ -45,7 +45,7 @@ from bridge.daemon import run_daemon
 from bridge.emulator import Scenario
 from bridge.engine import Bridge, CycleStats
 from bridge.logs import configure_logging
-from bridge.mapping import MetricRow
+from bridge.ports import PlacedRow
 from bridge.settings import load_settings
 from bridge.store import SqlStore
 
@@ -64,11 +64,11 @@ class Observer:
         log_rows = bridge.sink.log
         poll = bridge.poll
 
-        def timed_log(run_id: str, rows: Sequence[MetricRow]) -> None:
+        def timed_log(run_id: str, rows: Sequence[PlacedRow]) -> None:
             log_rows(run_id, rows)
             now = time.time()
             with self._lock:
-                self.handoffs.extend((run_id, row.step, now) for row in rows)
+                self.handoffs.extend((run_id, placed.row.step, now) for placed in rows)
 
         def timed_poll() -> CycleStats:
             started = time.time()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 
 import structlog
@@ -15,7 +16,7 @@ from bridge.health import CycleReadiness, HealthServer, max_cycle_age, store_pin
 from bridge.leases import Leases
 from bridge.mapping import WandbDefaults
 from bridge.metrics import BridgeMetrics, Watched
-from bridge.notify import OutboxWriter, dispatcher_for, targets_of
+from bridge.notify import OutboxWriter, dispatcher_for, release_notifications, targets_of
 from bridge.settings import Settings
 from bridge.sink_wandb import WandbOptions, WandbSink
 from bridge.sources import make_source, routes_of, source_configs
@@ -34,6 +35,7 @@ def wandb_options(settings: Settings) -> WandbOptions:
         init_timeout=settings.wandb_init_timeout,
         finish_timeout=settings.wandb_finish_timeout,
         flush_interval=settings.wandb_flush_interval,
+        upload_interval=settings.wandb_upload_interval,
     )
 
 
@@ -56,7 +58,9 @@ def build_bridge(
     targets = targets_of(settings)
     store = SqlStore(
         settings.database_url,
-        on_change=OutboxWriter(targets, settings.notify_backfill) if targets else None,
+        on_change=OutboxWriter(targets, settings.notify_backfill, settings.notify_final_wait)
+        if targets
+        else None,
     )
     store.claim_single_process()
     sink = WandbSink(options)
@@ -81,6 +85,8 @@ def build_bridge(
             routes=routes,
         )
         bridge.dispatcher = dispatcher
+        if dispatcher is not None:
+            bridge.on_final = partial(release_notifications, store.engine)
         bridge.leases = leases
         bridge.refresh_after = max(60.0, 10 * settings.poll_interval)
         bridge.fetch_workers = settings.fetch_workers

@@ -1,11 +1,19 @@
 """The bridge's work: discover jobs, fetch their new events, hand rows to the sink, and keep
 the store's cursor where the sink really is.
 
-The cursor rules that make it lossless:
+The cursor rules that make it lossless, as the W&B server sees it:
 - an event is stored (``new``) before anything is done with it;
-- it becomes ``sent`` once the sink took it, and ``durable`` only once the run segment was
-  finished (flushed); a crash in between is repaired at start-up by reading back the
-  segment's file and sending again what did not reach it.
+- its row is given a W&B step, and marked ``sent`` at that step, before it is logged; a row
+  sent again after a crash goes to the same step, so a replay overwrites, never duplicates;
+- it becomes ``durable`` only on evidence that W&B keeps it. Offline: the segment was finished
+  and its file ends with the exit record, or, after a crash, the file (cut back to its last
+  whole record, which ``wandb sync`` can read) holds its step. Online: the segment finished
+  cleanly (wandb uploads everything before ``finish`` returns), or the run was reopened and
+  the server's history already reaches past its step (``run.starting_step``); the local file
+  never decides, since it holds rows the server may not have;
+- everything else is sent again, in step order, into the next segment of the same run;
+- a terminal status's notifications wait until the run shows the final state (see
+  ``on_final``), or until their bounded wait runs out.
 """
 
 from __future__ import annotations
@@ -23,7 +31,15 @@ from bridge.errors import JobNotFound, RetryableError, SinkUnavailable
 from bridge.leases import Leases
 from bridge.mapping import WandbDefaults
 from bridge.outputs import Outputs, epoch_ended
-from bridge.ports import JobSource, JobState, Json, RunSink, StateStore, StoredEvent
+from bridge.ports import (
+    JobSource,
+    JobState,
+    Json,
+    PlacedRow,
+    RunSink,
+    StateStore,
+    StoredEvent,
+)
 from bridge.routing import JobFilter, Route
 from bridge.webhooks import Dispatcher
 
@@ -87,6 +103,9 @@ class Bridge:
         # Rows of the training/validation files sampled into a dataset artifact; 0 = off.
         self.dataset_rows = 0
         self.prices: Mapping[str, float] = prices.DEFAULT_PRICES
+        # Called with a job id once its run shows the job's final state (or the job has no
+        # run to wait for): releases the terminal notifications held for it.
+        self.on_final: Callable[[str], object] | None = None
 
     # Start-up
     def recover(self) -> int:
@@ -103,9 +122,14 @@ class Bridge:
 
     def repair(self, state: JobState) -> int:
         """A run the store thinks open but the sink does not hold (a crash, or a finish that
-        failed): what its segment holds on disk stays, the rest is sent again into a new
-        segment. Returns how many rows go back to be sent."""
-        steps = self.sink.durable_steps(state.run_segment) if state.run_segment else set()
+        failed). Offline, what its segment's file holds stays, the rest is sent again into a
+        new segment. Online nothing is decided here: the server says where its copy ends
+        when the run is reopened (see ``_ensure_open``). Returns how many rows go back."""
+        if not state.run_segment:
+            return self.store.recover_segment(state.job_id, set())
+        steps = self.sink.durable_steps(state.run_segment)
+        if steps is None:
+            return 0
         resent = self.store.recover_segment(state.job_id, steps)
         log.info(
             "run.recovered", job_id=state.job_id, steps_on_disk=len(steps), rows_to_resend=resent
@@ -122,7 +146,22 @@ class Bridge:
         if self.dispatcher is not None:
             self.dispatcher.wake()  # status changes are in the outbox: deliver them now
         self.sync_unsynced(stats)
+        self.unblock_sink()
         return stats
+
+    def unblock_sink(self) -> None:
+        """Run ids that a failed W&B init left blocked (while other runs were open) open
+        again only after wandb-core restarts: once W&B answers, close the open runs (they
+        resume at the next cycle) and restart it."""
+        blocked = self.sink.blocked()
+        if not blocked or not self.sink.reachable():
+            return
+        log.info(
+            "wandb.restarting", blocked_runs=sorted(blocked), open_runs=len(self.sink.open_runs())
+        )
+        self.close_runs(every=True)
+        if not self.sink.open_runs():
+            self.sink.reset()
 
     def discover(self, *, full: bool = False) -> int:
         """List jobs newest first, stopping after the page where known jobs begin (unless
@@ -268,14 +307,14 @@ class Bridge:
         log.warning("job.lease_lost", job_id=job_id, replica=self._replica)
         if self.sink.is_open(job_id):
             try:
-                self.sink.finish(job_id, 0, preempted=True)
+                self.sink.finish(job_id, mapping.PREEMPTED_EXIT_CODE, preempted=True)
             except SinkUnavailable as error:
                 log.warning("run.finish_failed", job_id=job_id, error=str(error))
 
     def hand_back(self, job_id: str) -> None:
         """Close the job's run segment here and give up its lease, for another replica."""
         if self.sink.is_open(job_id):
-            self.sink.finish(job_id, 0, preempted=True)
+            self.sink.finish(job_id, mapping.PREEMPTED_EXIT_CODE, preempted=True)
             self.store.mark_durable(job_id)
             self.store.set_run(job_id, "closed")
         if self.leases is not None:
@@ -319,6 +358,7 @@ class Bridge:
             self.store.set_run(job_id, "skipped")
             if mapping.is_terminal(state.status):
                 self._done_with(job_id)
+                self._final(job_id)
             return
         self._ensure_open(state)
         if self.dataset_rows:
@@ -338,8 +378,13 @@ class Bridge:
             self.store.mark_durable(job_id)
             self.store.set_run(job_id, "finished")
             self._done_with(job_id)
+            self._final(job_id)
             stats.runs_finished += 1
             log.info("run.finished", job_id=job_id, status=state.status, replica=self._replica)
+
+    def _final(self, job_id: str) -> None:
+        if self.on_final is not None:
+            self.on_final(job_id)
 
     def fetch_events(self, job_id: str) -> int:
         """Read events newest first until one already stored; store the new ones oldest first."""
@@ -358,15 +403,21 @@ class Bridge:
     def _ensure_open(self, state: JobState) -> None:
         spec = self._spec(state.job)
         if not self.sink.is_open(state.job_id):
+            lost = state.run_segment if state.run_state == "open" else None
             if state.run_state == "open":
                 self.repair(state)
-            segment = self.sink.open(spec)
-            self.store.set_run(state.job_id, "open", segment, spec.config)
+            opened = self.sink.open(spec)
+            self.store.set_run(state.job_id, "open", opened.segment, spec.config)
+            again = 0
+            if opened.resumed_at is not None:
+                again = self.store.recover_from_server(state.job_id, opened.resumed_at, lost)
             log.info(
                 "run.opened",
                 job_id=state.job_id,
                 project=spec.project,
-                segment=segment,
+                segment=opened.segment,
+                resumed_at=opened.resumed_at,
+                rows_to_resend=again,
                 replica=self._replica,
             )
         elif spec.config != state.config:
@@ -375,12 +426,14 @@ class Bridge:
 
     def _log_pending(self, job_id: str, stats: CycleStats) -> list[StoredEvent]:
         pending = self.store.pending_events(job_id)
-        rows = [r for e in pending if (r := mapping.metric_row(e.event)) is not None]
-        if not rows:
+        placed, placements = place_rows(pending, self.store.last_wandb_step(job_id))
+        if not placements:
             return []
-        self.sink.log(job_id, mapping.merge_rows(rows))
-        self.store.mark_sent(job_id, [e.event_id for e in pending])
-        stats.rows_logged += len(rows)
+        # Written before the rows go: a crash in between sends them again at these steps.
+        self.store.mark_sent(job_id, placements)
+        if placed:
+            self.sink.log(job_id, placed)
+        stats.rows_logged += len(placed)
         now = self._now()
         for event in pending:
             stats.saw_lag(event.event.get("created_at"), now)
@@ -400,19 +453,68 @@ class Bridge:
         return summary
 
     # Shutdown
-    def close_runs(self, deadline: float | None = None) -> None:
-        """Finish every open run (flushing it) and mark what it held as durable."""
+    def close_runs(self, deadline: float | None = None, *, every: bool = False) -> None:
+        """Close every open run of this bridge's source (``every``: of any source). A job
+        already known to be over gets its final summary, outputs and exit code first; a job
+        still going is closed as preempted (its run resumes at the next start). What a
+        cleanly closed run held is durable."""
         for run_id in self.sink.open_runs():
             if deadline is not None and self._now() > deadline:
                 log.warning("shutdown.runs_left_open", count=len(self.sink.open_runs()))
                 return
+            state = self.store.get_job(run_id)
+            if state is not None and state.source != self.source.name and not every:
+                continue
+            if state is not None and mapping.is_terminal(state.status) and self._finalize(state):
+                continue
             try:
-                self.sink.finish(run_id, 0, preempted=True)
+                self.sink.finish(run_id, mapping.PREEMPTED_EXIT_CODE, preempted=True)
             except SinkUnavailable as error:
                 log.warning("run.finish_failed", job_id=run_id, error=str(error))
                 continue
             self.store.mark_durable(run_id)
             self.store.set_run(run_id, "closed")
 
+    def _finalize(self, state: JobState) -> bool:
+        """Write a terminal job's run to its end now (at shutdown); False if that failed
+        (the API or W&B refused), and the run is to be closed as preempted instead."""
+        try:
+            self._write(state, CycleStats())
+        except RetryableError as error:
+            log.warning("run.final_write_failed", job_id=state.job_id, error=str(error))
+            return not self.sink.is_open(state.job_id)
+        return True
 
-__all__ = ["Bridge", "CycleStats"]
+
+def place_rows(
+    pending: Sequence[StoredEvent], last_step: int
+) -> tuple[list[PlacedRow], dict[str, int]]:
+    """The W&B step of each pending event's row: a row sent before keeps its step; a new
+    row goes to its training step, or after the last step used when that is not higher (a
+    row filled in after later ones: W&B drops lower steps); rows of one training step in
+    the same batch merge into one. Returns the rows to log, in step order, and each event's
+    step (events without metric values are placed at -1: nothing to log)."""
+    placements: dict[str, int] = {}
+    rows: dict[int, tuple[int, dict[str, float]]] = {}
+    at_of_step: dict[int, int] = {}
+    high = last_step
+    for event in pending:
+        row = mapping.metric_row(event.event)
+        if row is None:
+            placements[event.event_id] = -1
+            continue
+        at = event.wandb_step
+        if at is None:
+            at = at_of_step.get(row.step, max(row.step, high + 1))
+        high = max(high, at)
+        at_of_step[row.step] = at
+        placements[event.event_id] = at
+        rows.setdefault(at, (row.step, {}))[1].update(row.values)
+    placed = [
+        PlacedRow(at, mapping.MetricRow(step, values))
+        for at, (step, values) in sorted(rows.items())
+    ]
+    return placed, placements
+
+
+__all__ = ["Bridge", "CycleStats", "place_rows"]

@@ -51,7 +51,11 @@ class BridgeGroup:
         return self.bridges[0].recover()  # runs of every source: store and sink are shared
 
     def close_runs(self, deadline: float | None = None) -> None:
-        self.bridges[0].close_runs(deadline)
+        """Each source's bridge closes (and finalizes) its own jobs' runs; any left over
+        (a source since removed from the configuration) are closed by the first."""
+        for bridge in self.bridges:
+            bridge.close_runs(deadline)
+        self.bridges[0].close_runs(deadline, every=True)
 
     def poll(self) -> CycleStats:
         """One cycle over every source. A source in trouble does not stop the others; the

@@ -147,6 +147,11 @@ def is_terminal(status: object) -> bool:
     return status in TERMINAL_STATUSES
 
 
+PREEMPTED_EXIT_CODE = 143
+"""A segment closed while its job goes on (shutdown, a lease handed over): 128 + SIGTERM, with
+``mark_preempting``, the convention W&B reads as preempted rather than finished."""
+
+
 def exit_code(status: object) -> int:
     """0 for a job that succeeded; non-zero otherwise, so that W&B shows the state truly."""
     return {"succeeded": 0, "failed": 1, "cancelled": 130}.get(str(status), 1)

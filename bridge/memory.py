@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from bridge.errors import JobNotFound, SinkUnavailable
 from bridge.mapping import ArtifactSpec, MetricRow, RunSpec
-from bridge.ports import Json
+from bridge.ports import Json, OpenedRun, PlacedRow
 
 
 def _pages(items: list[Json], size: int) -> Iterator[list[Json]]:
@@ -79,7 +79,7 @@ class MemorySource:
 @dataclass
 class MemoryRun:
     spec: RunSpec
-    rows: list[MetricRow] = field(default_factory=list)
+    rows: list[PlacedRow] = field(default_factory=list)
     config: Json = field(default_factory=dict)
     summary: Json = field(default_factory=dict)
     exit_code: int | None = None
@@ -90,23 +90,36 @@ class MemoryRun:
 
 class MemorySink:
     """:class:`bridge.ports.RunSink` keeping runs in memory. ``crash()`` forgets the open
-    segments as a kill -9 would, keeping only the first ``keep`` rows of each on "disk"."""
+    segments as a kill -9 would, keeping only the first ``keep`` rows of each: offline, what
+    reached the segment's file; ``online=True``, what reached the server, which a reopened
+    run then resumes after (and, as wandb does, rows below that step are dropped)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, online: bool = False) -> None:
+        self.online = online
         self.segments: dict[str, MemoryRun] = {}
         self._open: dict[str, str] = {}
+        self._next_at: dict[str, int] = {}
         self.fail_open = False
         self.fail_finish_keeping: int | None = None
+        self.dropped: list[PlacedRow] = []
 
-    def open(self, spec: RunSpec) -> str:
+    def open(self, spec: RunSpec) -> OpenedRun:
         if spec.run_id in self._open:
-            return self._open[spec.run_id]
+            return OpenedRun(self._open[spec.run_id], self._resumed_at(spec.run_id))
         if self.fail_open:
             raise SinkUnavailable(f"W&B did not open run {spec.run_id}: unreachable")
+        resumed_at = self._resumed_at(spec.run_id)
         segment = f"{spec.run_id}#{len(self.segments)}"
         self.segments[segment] = MemoryRun(spec, config=dict(spec.config))
         self._open[spec.run_id] = segment
-        return segment
+        self._next_at[spec.run_id] = resumed_at or 0
+        return OpenedRun(segment, resumed_at)
+
+    def _resumed_at(self, run_id: str) -> int | None:
+        if not self.online:
+            return None
+        kept = [p.at for s in self.segments.values() if s.spec.run_id == run_id for p in s.rows]
+        return max(kept, default=-1) + 1
 
     def _current(self, run_id: str) -> MemoryRun:
         return self.segments[self._open[run_id]]
@@ -117,8 +130,13 @@ class MemorySink:
     def open_runs(self) -> list[str]:
         return list(self._open)
 
-    def log(self, run_id: str, rows: Sequence[MetricRow]) -> None:
-        self._current(run_id).rows.extend(rows)
+    def log(self, run_id: str, rows: Sequence[PlacedRow]) -> None:
+        for placed in rows:
+            if placed.at < self._next_at[run_id]:
+                self.dropped.append(placed)  # wandb drops a step lower than the current one
+                continue
+            self._current(run_id).rows.append(placed)
+            self._next_at[run_id] = placed.at + 1
 
     def update_config(self, run_id: str, config: Json) -> None:
         self._current(run_id).config.update(config)
@@ -138,12 +156,23 @@ class MemorySink:
     def alert(self, run_id: str, title: str, text: str) -> None:
         self._current(run_id).alerts.append((title, text))
 
+    def reachable(self) -> bool:
+        return not self.fail_open
+
+    def blocked(self) -> set[str]:
+        return set()
+
+    def reset(self) -> None:
+        return None
+
     def log_artifact(self, run_id: str, spec: ArtifactSpec) -> None:
         self._current(run_id).artifacts.append(spec)
 
-    def durable_steps(self, segment: str) -> set[int]:
+    def durable_steps(self, segment: str) -> set[int] | None:
+        if self.online:
+            return None
         run = self.segments.get(segment)
-        return {row.step for row in run.rows} if run else set()
+        return {placed.at for placed in run.rows} if run else set()
 
     def crash(self, keep: int = 0) -> None:
         """Lose the open segments' unflushed rows (all but the first ``keep``)."""
@@ -153,4 +182,7 @@ class MemorySink:
 
     def rows_of(self, run_id: str) -> list[MetricRow]:
         """Every row of every segment of the run, in order (what ``wandb sync`` would merge)."""
-        return [r for s in self.segments.values() if s.spec.run_id == run_id for r in s.rows]
+        return [p.row for p in self.placed_of(run_id)]
+
+    def placed_of(self, run_id: str) -> list[PlacedRow]:
+        return [p for s in self.segments.values() if s.spec.run_id == run_id for p in s.rows]

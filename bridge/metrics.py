@@ -46,7 +46,7 @@ API_ERROR_KINDS = (
     "bad_response",
 )
 WEBHOOK_OUTCOMES = ("delivered", "retry", "disable", "refused")
-DELIVERY_STATES = ("pending", "delivered", "failed", "disabled")
+DELIVERY_STATES = ("held", "pending", "delivered", "failed", "disabled")
 CYCLE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
 

@@ -10,6 +10,7 @@ from sqlalchemy.engine import Connection, Engine
 from bridge.ports import StatusChange
 from bridge.settings import Settings
 from bridge.webhooks import Dispatcher, Targets, enqueue_change, targets_from_settings
+from bridge.webhooks.outbox import FINAL_WAIT, release
 
 
 def targets_of(settings: Settings) -> Targets:
@@ -32,6 +33,7 @@ class OutboxWriter:
 
     targets: Targets
     notify_backfill: bool
+    final_wait: float = FINAL_WAIT
 
     def __call__(self, conn: Connection, change: StatusChange) -> None:
         enqueue_change(
@@ -42,7 +44,13 @@ class OutboxWriter:
             run_url=change.run_url,
             notify_backfill=self.notify_backfill,
             source=change.source,
+            final_wait=self.final_wait,
         )
+
+
+def release_notifications(engine: Engine, job_id: str) -> None:
+    """The engine's ``on_final``: the job's run is final, its held notifications go out."""
+    release(engine, job_id, final=True)
 
 
 def dispatcher_for(

@@ -6,7 +6,7 @@ and an in-memory one (``memory``) that tests and the engine's unit tests use.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -39,14 +39,18 @@ class JobSource(Protocol):
 class RunSink(Protocol):
     """Where runs go (W&B). Run ids are job ids."""
 
-    def open(self, spec: RunSpec) -> str:
-        """Open the run (a new segment of it when it was open before); returns the segment's
-        location, so that what reached disk can be read back after a crash."""
+    def open(self, spec: RunSpec) -> OpenedRun:
+        """Open the run (a new segment of it when it was open before, resumed online); returns
+        the segment's location, so that what reached disk can be read back after a crash, and
+        online where the server's copy of the run ends."""
         ...
 
     def is_open(self, run_id: str) -> bool: ...
 
-    def log(self, run_id: str, rows: Sequence[MetricRow]) -> None: ...
+    def log(self, run_id: str, rows: Sequence[PlacedRow]) -> None:
+        """Log rows at their W&B steps, in increasing order. On failure the segment is given
+        up (the run is no longer open here), so that it is repaired like a crash."""
+        ...
 
     def update_config(self, run_id: str, config: Json) -> None: ...
 
@@ -56,14 +60,28 @@ class RunSink(Protocol):
         """Close the run, flushing everything it was given."""
         ...
 
-    def durable_steps(self, segment: str) -> set[int]:
-        """The steps a segment holds on disk (after a crash, a prefix of what was logged)."""
+    def durable_steps(self, segment: str) -> set[int] | None:
+        """Offline: the W&B steps a segment holds on disk (after a crash, a prefix of what
+        was logged), once the file was cut back to its last whole record so that ``wandb
+        sync`` can read it. None online, where the local file says nothing of the server."""
         ...
 
     def open_runs(self) -> list[str]: ...
 
     def alert(self, run_id: str, title: str, text: str) -> None:
         """Raise an alert on the run (W&B's own alert routing)."""
+        ...
+
+    def reachable(self) -> bool:
+        """Whether W&B answers (always, offline)."""
+        ...
+
+    def blocked(self) -> set[str]:
+        """Run ids that cannot open until :meth:`reset` (a failed init left them taken)."""
+        ...
+
+    def reset(self) -> None:
+        """Release blocked run ids; only with no run open."""
         ...
 
     def log_artifact(self, run_id: str, spec: ArtifactSpec) -> None: ...
@@ -92,6 +110,27 @@ class StoredEvent:
     step: int | None
     event: Json
     state: EventState = "new"
+    # The W&B step its row was handed at (kept when the row is sent again), or None.
+    wandb_step: int | None = None
+
+
+@dataclass(frozen=True)
+class PlacedRow:
+    """A history row and the W&B step it goes to (its training step, or a later one for a
+    row filled in after later rows: W&B drops steps lower than one already logged)."""
+
+    at: int
+    row: MetricRow
+
+
+@dataclass(frozen=True)
+class OpenedRun:
+    """A run segment just opened. ``resumed_at`` is, online, where the server's history of
+    the run ends (the next W&B step it takes: ``run.starting_step``); None offline, where the
+    server knows nothing yet and the segment's file is what counts."""
+
+    segment: str
+    resumed_at: int | None = None
 
 
 @dataclass(frozen=True)
@@ -135,15 +174,29 @@ class StateStore(Protocol):
 
     def pending_events(self, job_id: str) -> list[StoredEvent]: ...
 
-    def mark_sent(self, job_id: str, event_ids: Sequence[str]) -> None: ...
+    def last_wandb_step(self, job_id: str) -> int:
+        """The highest W&B step any of the job's rows was handed at, or -1."""
+        ...
+
+    def mark_sent(self, job_id: str, placed: Mapping[str, int]) -> None:
+        """Events (by id) handed to W&B at these W&B steps; written before the rows are
+        logged, so that a crash in between sends them again at the same steps."""
+        ...
 
     def mark_durable(self, job_id: str) -> None:
         """Everything sent so far is on disk (the run segment was finished)."""
         ...
 
     def recover_segment(self, job_id: str, durable_steps: set[int]) -> int:
-        """After a crash: keep as durable what the segment holds, send the rest again.
-        Returns how many events go back to ``new``."""
+        """After a crash, offline: keep as durable what the segment's file holds (by W&B
+        step), send the rest again. Returns how many events go back to ``new``."""
+        ...
+
+    def recover_from_server(self, job_id: str, resumed_at: int, lost_segment: str | None) -> int:
+        """Online, at each open: the server holds every row below W&B step ``resumed_at``
+        (an in-order prefix of what was logged): those are durable, every row from there on
+        is sent again at its step. ``lost_segment`` (a crashed segment) has its artifacts
+        given again. Returns how many events go back to ``new``."""
         ...
 
     def set_run(

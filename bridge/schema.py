@@ -45,6 +45,8 @@ events = Table(
     Column("created_at", BigInteger, nullable=True),
     Column("type", String(64), nullable=True),
     Column("step", BigInteger, nullable=True),
+    # The W&B step the row was (or is about to be) logged at; see ``SqlStore.place_rows``.
+    Column("wandb_step", BigInteger, nullable=True),
     Column("state", String(16), nullable=False),
     Column("payload", Text, nullable=False),
 )

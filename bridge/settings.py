@@ -51,6 +51,7 @@ class Settings(BaseSettings):
     wandb_init_timeout: float = Field(default=60.0, gt=0)
     wandb_finish_timeout: float = Field(default=10.0, gt=0)
     wandb_flush_interval: float = Field(default=1.0, gt=0, le=60)
+    wandb_upload_interval: int = Field(default=2, ge=1, le=300)
     shutdown_timeout: float = Field(default=25.0, gt=0)
     webhook_urls: str | None = None
     webhook_secret: SecretStr | None = None
@@ -58,6 +59,7 @@ class Settings(BaseSettings):
     webhook_timeout: float = Field(default=10.0, gt=0, le=120)
     chat_urls: SecretStr | None = None
     notify_backfill: bool = False
+    notify_final_wait: float = Field(default=120.0, ge=0, le=86400)
     webhooks: list[dict[str, Any]] = Field(default_factory=list)
     chats: list[dict[str, Any]] = Field(default_factory=list)
     # The health server (/healthz, /readyz, /metrics): off unless http_port is set.

@@ -1,21 +1,36 @@
-"""Runs in W&B through the ``wandb`` SDK: one run per job, many open at once in one process."""
+"""Runs in W&B through the ``wandb`` SDK: one run per job, many open at once in one process.
+
+What counts as kept differs by mode. Offline, the segment's ``.wandb`` file is the run: after
+a crash it is cut back to its last whole record (so that ``wandb sync`` reads it) and its steps
+are what survived. Online, the local file says nothing of what the server has; a run reopened
+with ``resume="allow"`` learns from the server where its history ends (``run.starting_step``),
+and that is what survived.
+"""
 
 from __future__ import annotations
 
 import math
+import shutil
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import httpx
 import structlog
 import wandb
 from wandb.sdk.wandb_alerts import AlertLevel
 
 from bridge.errors import SinkUnavailable
-from bridge.mapping import ArtifactSpec, MetricRow, RunSpec
-from bridge.ports import Json
-from bridge.wandbfile import WandbFileError, read_run, wait_for_exit_record
+from bridge.mapping import ArtifactSpec, RunSpec
+from bridge.ports import Json, OpenedRun, PlacedRow
+from bridge.wandbfile import (
+    WandbFileError,
+    cut_to_whole_records,
+    read_run,
+    wait_for_exit_record,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -31,6 +46,9 @@ class WandbOptions:
     init_timeout: float = 60.0
     finish_timeout: float = 10.0
     flush_interval: float = 1.0
+    # Seconds between wandb-core's history uploads online (whole seconds: wandb-core
+    # truncates; its default is 15).
+    upload_interval: int = 2
 
 
 def quiet_settings(**settings: Any) -> Any:
@@ -55,7 +73,8 @@ class WandbSink:
     def __init__(self, options: WandbOptions) -> None:
         self._options = options
         self._runs: dict[str, Any] = {}
-        self._last_step: dict[str, int] = {}
+        self._blocked: set[str] = set()
+        self._failed_at: float | None = None
         options.directory.mkdir(parents=True, exist_ok=True)
         # The process-wide settings: wandb's own terminal messages stay out of our logs.
         wandb.setup(wandb.Settings(silent=True, show_info=False))
@@ -75,12 +94,20 @@ class WandbSink:
             # wandb-core writes the .wandb file every 15 s by default: a kill -9 loses up to
             # that much, which the bridge then sends again. Flushing often keeps that small.
             x_transaction_log_flush_interval=opts.flush_interval,
+            x_file_stream_transmit_interval=max(1, int(opts.upload_interval)),
             **extra,
         )
 
-    def open(self, spec: RunSpec) -> str:
+    @property
+    def online(self) -> bool:
+        return self._options.mode == "online"
+
+    def open(self, spec: RunSpec) -> OpenedRun:
         if spec.run_id in self._runs:
-            return str(self._runs[spec.run_id].settings.sync_file)
+            return self._opened(self._runs[spec.run_id])
+        if self._failed_at is not None and not self.reachable():
+            raise SinkUnavailable(f"W&B did not open run {spec.run_id}: W&B is unreachable")
+        before = self._run_folders(spec.run_id)
         try:
             run = wandb.init(
                 id=spec.run_id,
@@ -95,27 +122,61 @@ class WandbSink:
                 settings=self._settings(),
             )
         except Exception as error:  # noqa: BLE001 - wandb raises many kinds; all mean "not now"
-            self._forget_failed_init()
+            self._failed_at = time.monotonic()
+            self._forget_failed_init(spec.run_id, before)
             raise SinkUnavailable(f"W&B did not open run {spec.run_id}: {_reason(error)}") from None
+        self._failed_at = None
         run.define_metric(STEP_KEY)
         run.define_metric("*", step_metric=STEP_KEY, step_sync=True)
         self._runs[spec.run_id] = run
-        self._last_step[spec.run_id] = -1
-        return str(run.settings.sync_file)
+        return self._opened(run)
 
-    def _forget_failed_init(self) -> None:
-        """A failed ``wandb.init`` leaves its run id registered in wandb-core: every later
-        init of that id in this process fails at once with "run ID ... is in use", so the
-        run could never open again, even once W&B is back. ``wandb.teardown()`` releases it
-        (it also stops wandb-core, so only when no other run is open here; otherwise the id
-        stays blocked until the next start)."""
+    def _opened(self, run: Any) -> OpenedRun:
+        resumed_at = int(run.starting_step) if self.online else None
+        return OpenedRun(str(run.settings.sync_file), resumed_at)
+
+    def reachable(self) -> bool:
+        """Whether W&B answers at all (any HTTP answer counts); always true offline."""
+        if not self.online:
+            return True
+        url = (self._options.base_url or "https://api.wandb.ai").rstrip("/") + "/healthz"
+        try:
+            httpx.get(url, timeout=3.0)
+        except httpx.HTTPError:
+            return False
+        return True
+
+    def _run_folders(self, run_id: str) -> set[Path]:
+        return set((self._options.directory / "wandb").glob(f"*run-*-{run_id}*"))
+
+    def _forget_failed_init(self, run_id: str, before: set[Path]) -> None:
+        """A failed ``wandb.init`` leaves a folder behind, and its run id registered in
+        wandb-core: every later init of that id in this process fails at once with "run ID
+        ... is in use", even once W&B is back. The folder goes; the id is released by
+        ``wandb.teardown()``, which also stops wandb-core, so it waits until no run is open
+        here (see :meth:`blocked`)."""
+        for folder in self._run_folders(run_id) - before:
+            shutil.rmtree(folder, ignore_errors=True)
+        self._blocked.add(run_id)
+        if not self._runs:
+            self.reset()
+
+    def blocked(self) -> set[str]:
+        """Run ids a failed init left registered in wandb-core while other runs were open:
+        they open again only after :meth:`reset` (with no run open)."""
+        return set(self._blocked)
+
+    def reset(self) -> None:
+        """Restart wandb-core (no run may be open), releasing every blocked run id."""
         if self._runs:
-            return
+            raise RuntimeError("reset with runs open")
         try:
             wandb.teardown()
             wandb.setup(wandb.Settings(silent=True, show_info=False))
         except Exception as error:  # noqa: BLE001 - best effort; the next open says what fails
             log.warning("wandb.teardown_failed", error=_reason(error))
+            return
+        self._blocked.clear()
 
     def is_open(self, run_id: str) -> bool:
         return run_id in self._runs
@@ -129,21 +190,30 @@ class WandbSink:
         except KeyError:
             raise SinkUnavailable(f"run {run_id} is not open") from None
 
-    def log(self, run_id: str, rows: Sequence[MetricRow]) -> None:
-        """Each row at W&B step = its training step. A row for a step lower than one already
-        logged (a step the events missed, filled in from the result file) would be dropped by
-        W&B: it goes after the last row instead, and since every row carries its training
-        step as ``step``, the metric that charts use as x-axis, it plots where it belongs."""
+    def log(self, run_id: str, rows: Sequence[PlacedRow]) -> None:
+        """Each row at its W&B step; every row carries its training step as ``step``, the
+        metric that charts use as x-axis, so a row filled in after later ones (at a later W&B
+        step) plots where it belongs."""
         run = self._run(run_id)
-        for row in rows:
-            wandb_step = max(row.step, self._last_step[run_id] + 1)
+        for placed in rows:
             try:
-                run.log({**row.values, STEP_KEY: row.step}, step=wandb_step, commit=True)
+                run.log(
+                    {**placed.row.values, STEP_KEY: placed.row.step}, step=placed.at, commit=True
+                )
             except Exception as error:  # noqa: BLE001
+                self._give_up(run_id)
                 raise SinkUnavailable(
                     f"W&B did not take a row of {run_id}: {_reason(error)}"
                 ) from None
-            self._last_step[run_id] = wandb_step
+
+    def _give_up(self, run_id: str) -> None:
+        """Forget a segment that failed mid-way: it is repaired like a crash."""
+        run = self._runs.pop(run_id, None)
+        if run is not None:
+            try:
+                run.finish(exit_code=1)
+            except Exception as error:  # noqa: BLE001 - it is given up either way
+                log.warning("wandb.finish_failed", job_id=run_id, error=_reason(error))
 
     def log_artifact(self, run_id: str, spec: ArtifactSpec) -> None:
         run = self._run(run_id)
@@ -183,7 +253,6 @@ class WandbSink:
 
     def finish(self, run_id: str, exit_code: int, *, preempted: bool = False) -> None:
         run = self._runs.pop(run_id, None)
-        self._last_step.pop(run_id, None)
         if run is None:
             return
         segment = str(run.settings.sync_file)
@@ -193,7 +262,7 @@ class WandbSink:
             run.finish(exit_code=exit_code)
         except Exception as error:  # noqa: BLE001
             raise SinkUnavailable(f"W&B did not finish run {run_id}: {_reason(error)}") from None
-        if self._options.mode != "disabled":
+        if self._options.mode == "offline":
             self._confirm_on_disk(run_id, segment)
 
     def _confirm_on_disk(self, run_id: str, segment: str) -> None:
@@ -213,18 +282,26 @@ class WandbSink:
                 f"W&B did not take the alert of {run_id}: {_reason(error)}"
             ) from None
 
-    def durable_steps(self, segment: str) -> set[int]:
+    def durable_steps(self, segment: str) -> set[int] | None:
+        if self.online:
+            return None
         path = Path(segment)
         if not path.exists():
             return set()
         try:
-            history = read_run(path).history
+            cut, has_run = cut_to_whole_records(path)
+            if not has_run:
+                # Nothing of the run reached the file: the folder would only make `wandb
+                # sync` fail, and the rows are sent again.
+                shutil.rmtree(path.parent, ignore_errors=True)
+                log.info("wandb.empty_segment_removed", segment=segment)
+                return set()
+            if cut:
+                log.info("wandb.segment_cut", segment=segment, bytes_cut=cut)
+            return set(read_run(path).steps)
         except (WandbFileError, OSError) as error:
             log.warning("wandb.segment_unreadable", segment=segment, error=str(error))
             return set()
-        # Rows are matched by their training step (``step``), which is also their W&B step
-        # except for rows filled in after later ones.
-        return {int(row[STEP_KEY]) for row in history if isinstance(row.get(STEP_KEY), int | float)}
 
 
 def _bad_float(value: object) -> bool:

@@ -135,7 +135,7 @@ def _pending_by_job(conn: sa.Connection) -> dict[str, int]:
     query = (
         sa.select(ev.c.job_id, sa.func.count())
         .select_from(d.join(ev, ev.c.event_id == d.c.event_id))
-        .where(d.c.state == "pending")
+        .where(d.c.state.in_(("pending", "held")))
         .group_by(ev.c.job_id)
     )
     return {str(job_id): int(count) for job_id, count in conn.execute(query).all()}

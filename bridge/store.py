@@ -5,7 +5,7 @@ from __future__ import annotations
 import fcntl
 import json
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
@@ -322,22 +322,37 @@ class SqlStore:
                 step=r.step,
                 event=json.loads(r.payload),
                 state=cast(EventState, r.state),
+                wandb_step=r.wandb_step,
             )
             for r in rows
         ]
 
-    def mark_sent(self, job_id: str, event_ids: Sequence[str]) -> None:
-        if not event_ids:
-            return
+    def last_wandb_step(self, job_id: str) -> int:
+        e = schema.events
+        legacy = sa.and_(e.c.wandb_step.is_(None), e.c.state.in_(("sent", "durable")))
         with self._tx() as conn:
-            conn.execute(
-                schema.events.update()
-                .where(
-                    schema.events.c.job_id == job_id,
-                    schema.events.c.event_id.in_(list(event_ids)),
+            placed, old = conn.execute(
+                sa.select(
+                    sa.func.max(e.c.wandb_step),
+                    sa.func.max(sa.case((legacy, e.c.step), else_=None)),
+                ).where(e.c.job_id == job_id)
+            ).one()
+        return max([-1, *(int(v) for v in (placed, old) if v is not None)])
+
+    def mark_sent(self, job_id: str, placed: Mapping[str, int]) -> None:
+        if not placed:
+            return
+        e = schema.events
+        with self._tx() as conn:
+            by_step: dict[int, list[str]] = {}
+            for event_id, at in placed.items():
+                by_step.setdefault(at, []).append(event_id)
+            for at, ids in by_step.items():
+                conn.execute(
+                    e.update()
+                    .where(e.c.job_id == job_id, e.c.event_id.in_(ids))
+                    .values(state="sent", wandb_step=at)
                 )
-                .values(state="sent")
-            )
 
     def mark_durable(self, job_id: str) -> None:
         with self._tx() as conn:
@@ -349,37 +364,58 @@ class SqlStore:
 
     def recover_segment(self, job_id: str, durable_steps: set[int]) -> int:
         sent = self._events(job_id, "sent")
-        # A row handed to W&B a moment before a crash may be on disk and yet not marked sent.
-        unmarked = [e for e in self._events(job_id, "new") if e.step in durable_steps]
-        on_disk = [e.event_id for e in [*sent, *unmarked] if e.step in durable_steps]
-        again = [e.event_id for e in sent if e.step not in durable_steps]
+        # Rows stored before W&B steps were recorded are matched by their training step.
+        on_disk = [e.event_id for e in sent if _placed_at(e) in durable_steps]
+        again = [e.event_id for e in sent if _placed_at(e) not in durable_steps]
         with self._tx() as conn:
-            for ids, state in ((on_disk, "durable"), (again, "new")):
-                if ids:
-                    conn.execute(
-                        schema.events.update()
-                        .where(
-                            schema.events.c.job_id == job_id,
-                            schema.events.c.event_id.in_(ids),
-                        )
-                        .values(state=state)
-                    )
-            segment = conn.execute(
-                sa.select(schema.jobs.c.run_segment).where(schema.jobs.c.job_id == job_id)
-            ).scalar_one_or_none()
-            # Artifacts given in the lost segment are given again (W&B keeps one version per
-            # content digest, so one that did reach the file makes no second version).
-            conn.execute(
-                schema.artifacts.delete().where(
-                    schema.artifacts.c.job_id == job_id, schema.artifacts.c.segment == segment
-                )
-            )
+            self._set_states(conn, job_id, on_disk, again)
+            self._forget_segment_artifacts(conn, job_id, None)
             conn.execute(
                 schema.jobs.update()
                 .where(schema.jobs.c.job_id == job_id)
                 .values(run_state="closed", updated_at=time.time())
             )
         return len(again)
+
+    def recover_from_server(self, job_id: str, resumed_at: int, lost_segment: str | None) -> int:
+        handed = [e for e in self._events(job_id, None) if e.state in ("sent", "new")]
+        placed = [e for e in handed if e.state == "sent" or e.wandb_step is not None]
+        on_server = [e.event_id for e in placed if _placed_at(e) < resumed_at]
+        again = [e.event_id for e in placed if _placed_at(e) >= resumed_at and e.state == "sent"]
+        with self._tx() as conn:
+            self._set_states(conn, job_id, on_server, again)
+            if lost_segment is not None:
+                self._forget_segment_artifacts(conn, job_id, lost_segment)
+        return len(again)
+
+    @staticmethod
+    def _set_states(
+        conn: Connection, job_id: str, durable: Sequence[str], again: Sequence[str]
+    ) -> None:
+        """``durable`` ids become durable; ``again`` ids go back to ``new``, keeping their
+        W&B step, so that they are logged again exactly where they were."""
+        e = schema.events
+        for ids, state in ((durable, "durable"), (again, "new")):
+            for start in range(0, len(ids), 500):
+                conn.execute(
+                    e.update()
+                    .where(e.c.job_id == job_id, e.c.event_id.in_(list(ids[start : start + 500])))
+                    .values(state=state)
+                )
+
+    @staticmethod
+    def _forget_segment_artifacts(conn: Connection, job_id: str, segment: str | None) -> None:
+        """Artifacts given in a lost segment are given again (W&B keeps one version per
+        content digest, so one that did arrive makes no second version)."""
+        if segment is None:
+            segment = conn.execute(
+                sa.select(schema.jobs.c.run_segment).where(schema.jobs.c.job_id == job_id)
+            ).scalar_one_or_none()
+        conn.execute(
+            schema.artifacts.delete().where(
+                schema.artifacts.c.job_id == job_id, schema.artifacts.c.segment == segment
+            )
+        )
 
     # Artifacts
     def logged_artifacts(self, job_id: str) -> set[str]:
@@ -399,6 +435,14 @@ class SqlStore:
 
     def close(self) -> None:
         self._engine.dispose()
+
+
+def _placed_at(event: StoredEvent) -> int:
+    """The W&B step an event's row was handed at (rows stored before W&B steps were
+    recorded went to their training step)."""
+    if event.wandb_step is not None:
+        return event.wandb_step
+    return event.step if event.step is not None else -1
 
 
 def store_error(engine: Engine, error: sa.exc.SQLAlchemyError, what: str) -> StoreError:

@@ -123,20 +123,8 @@ def _check_header(path: str | Path, header: bytes) -> None:
 
 def _chunks(file: IO[bytes]) -> Iterator[tuple[int, bytes]]:
     """Yield (type, payload) of each valid chunk; the file is positioned after the header."""
-    block, pos = FILE_HEADER + file.read(BLOCK_SIZE - len(FILE_HEADER)), len(FILE_HEADER)
-    while True:
-        while pos + _CHUNK.size <= len(block):
-            crc, length, kind = _CHUNK.unpack_from(block, pos)
-            if crc == length == kind == 0:
-                break  # zero padding: the rest of the block is unused
-            payload = block[pos + _CHUNK.size : pos + _CHUNK.size + length]
-            if len(payload) < length or zlib.crc32(payload, zlib.crc32(bytes([kind]))) != crc:
-                return  # torn or corrupt: stop at the last good chunk
-            yield kind, payload
-            pos += _CHUNK.size + length
-        if len(block) < BLOCK_SIZE:
-            return
-        block, pos = file.read(BLOCK_SIZE), 0
+    for kind, payload, _ in _positioned_chunks(file):
+        yield kind, payload
 
 
 def _payloads(chunks: Iterable[tuple[int, bytes]]) -> Iterator[bytes]:
@@ -154,6 +142,71 @@ def _payloads(chunks: Iterable[tuple[int, bytes]]) -> Iterator[bytes]:
                 parts = None
         else:
             return
+
+
+def whole_records_end(path: str | Path) -> tuple[int, bool]:
+    """Where the file's last whole, decodable record ends (a byte offset), and whether a
+    run record is among the records before it."""
+    end, has_run = 0, False
+    with Path(path).open("rb") as file:
+        header = file.read(len(FILE_HEADER))
+        _check_header(path, header)
+        if len(header) < len(FILE_HEADER):
+            return 0, False
+        end = len(FILE_HEADER)
+        parts: list[bytes] = []
+        for kind, payload, chunk_end in _positioned_chunks(file):
+            if kind == _FULL and not parts:
+                record = payload
+            elif kind == _FIRST and not parts:
+                parts = [payload]
+                continue
+            elif kind in (_MIDDLE, _LAST) and parts:
+                parts.append(payload)
+                if kind == _MIDDLE:
+                    continue
+                record, parts = b"".join(parts), []
+            else:
+                break
+            try:
+                decoded = _RECORD.FromString(record)
+            except DecodeError:
+                break
+            has_run = has_run or decoded.WhichOneof("record_type") == "run"
+            end = chunk_end
+    return end, has_run
+
+
+def cut_to_whole_records(path: str | Path) -> tuple[int, bool]:
+    """Cut a file that a kill left mid-record back to its last whole record, so that W&B's
+    own reader (``wandb sync``), which stops at a torn tail with an error, reads it to the
+    end. Returns the bytes cut and whether the file still holds a run record."""
+    end, has_run = whole_records_end(path)
+    size = Path(path).stat().st_size
+    if size > end:
+        with Path(path).open("r+b") as file:
+            file.truncate(end)
+    return size - end, has_run
+
+
+def _positioned_chunks(file: IO[bytes]) -> Iterator[tuple[int, bytes, int]]:
+    """Like :func:`_chunks`, with the file offset where each chunk ends."""
+    block_start = 0
+    block, pos = FILE_HEADER + file.read(BLOCK_SIZE - len(FILE_HEADER)), len(FILE_HEADER)
+    while True:
+        while pos + _CHUNK.size <= len(block):
+            crc, length, kind = _CHUNK.unpack_from(block, pos)
+            if crc == length == kind == 0:
+                break  # zero padding: the rest of the block is unused
+            payload = block[pos + _CHUNK.size : pos + _CHUNK.size + length]
+            if len(payload) < length or zlib.crc32(payload, zlib.crc32(bytes([kind]))) != crc:
+                return  # torn or corrupt: stop at the last good chunk
+            pos += _CHUNK.size + length
+            yield kind, payload, block_start + pos
+        if len(block) < BLOCK_SIZE:
+            return
+        block_start += BLOCK_SIZE
+        block, pos = file.read(BLOCK_SIZE), 0
 
 
 # -- records to a RunLog -----------------------------------------------------------------------

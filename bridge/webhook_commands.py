@@ -32,7 +32,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     sub = parser.add_subparsers(dest="webhooks_command", required=True, metavar="ACTION")
     listing = sub.add_parser("list", help="recent deliveries and failures")
-    listing.add_argument("--state", choices=["pending", "delivered", "failed", "disabled"])
+    listing.add_argument("--state", choices=["held", "pending", "delivered", "failed", "disabled"])
     listing.add_argument("--limit", type=int, default=50)
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
     again = sub.add_parser("replay", help="send a delivery or event again (same webhook-id)")

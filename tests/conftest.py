@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -90,9 +91,18 @@ class BridgeProcess:
                 cwd=self.workdir,
                 stdout=log,
                 stderr=log,
+                # Its own process group: wandb-core, its child, can be killed with it.
+                start_new_session=True,
             )
         self.procs.append(proc)
         return proc
+
+    def kill_tree(self, proc: subprocess.Popen[bytes]) -> None:
+        """SIGKILL the bridge and every process it started (wandb-core), as a lost node
+        or an OOM kill of the container would."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
 
     def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -111,9 +121,11 @@ class BridgeProcess:
 
     def kill_all(self) -> None:
         for proc in self.procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
             if proc.poll() is None:
                 proc.kill()
-                proc.wait()
+            proc.wait()
 
     def store(self) -> SqlStore:
         return SqlStore(f"sqlite:///{self.db_path}")

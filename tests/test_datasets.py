@@ -553,7 +553,7 @@ def test_dataset_artifact_is_recorded_by_the_sink(
     ).encode()
     sink = WandbSink(WandbOptions(mode="offline", directory=tmp_path))
     spec = RunSpec(run_id="ftjob-abc", project="datasets", entity=None, name="x", tags=())
-    path = sink.open(spec)
+    path = sink.open(spec).segment
     sink.log_artifact(
         "ftjob-abc",
         dataset_artifact(

@@ -213,7 +213,9 @@ def test_restart_mid_job_loses_and_repeats_nothing(
     else:
         assert recovered == [], "a graceful stop leaves nothing to repair"
     segments = [read_run(path) for path in find_run_files(bridge.wandb_dir, "ftjob-long")]
-    assert len(segments) >= 2
+    # A segment killed before its run record reached the file holds nothing and is removed.
+    emptied = sig == signal.SIGKILL and recovered[0]["steps_on_disk"] == 0
+    assert len(segments) >= (1 if emptied else 2)
     all_steps = [step for segment in segments for step in segment.steps]
     assert len(all_steps) == len(set(all_steps)), "no step written twice"
     merged = read_merged(bridge.wandb_dir, "ftjob-long")

@@ -49,7 +49,7 @@ def state_db(tmp_path: Path) -> str:
     store.record_job("openai", {**running, "status": "queued"})
     store.record_job("openai", running)
     store.add_events("ftjob-run", [metrics_event(i, i, 10) for i in (1, 2, 3)])
-    store.mark_sent("ftjob-run", ["ftevent-1", "ftevent-2"])
+    store.mark_sent("ftjob-run", {"ftevent-1": 1, "ftevent-2": 2})
     store.set_run("ftjob-run", "open", "/state/wandb/offline-run-1-ftjob-run/run-ftjob-run.wandb")
     store.record_job("openai", {"id": "ftjob-new", "status": "validating_files", "created_at": NOW})
     store.close()

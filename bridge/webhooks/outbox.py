@@ -4,8 +4,10 @@ The tables live on the shared :data:`bridge.schema.metadata`, so the store creat
 this module is imported. :func:`enqueue` writes through the caller's connection, inside the
 transaction that records the status change: the event is kept exactly when the change is.
 
-A delivery is ``pending`` (due at ``next_attempt_at``), ``delivered``, ``failed`` (given up, or
-refused by the SSRF guard) or ``disabled`` (its target answered 410 Gone). ``lease_owner`` and
+A delivery is ``held`` (a terminal status whose run is not final in W&B yet: see
+:func:`release`; ``next_attempt_at`` is then when the wait runs out), ``pending`` (due at
+``next_attempt_at``), ``delivered``, ``failed`` (given up, or refused by the SSRF guard) or
+``disabled`` (its target answered 410 Gone). ``lease_owner`` and
 ``lease_until`` say which replica is attempting a delivery (see :func:`due`).
 """
 
@@ -20,12 +22,16 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
+from bridge import mapping
 from bridge.ports import StatusChange
 from bridge.schema import metadata
 from bridge.webhooks.events import WebhookEvent, should_notify, status_event
 from bridge.webhooks.targets import Targets
 
-DeliveryState = Literal["pending", "delivered", "failed", "disabled"]
+DeliveryState = Literal["held", "pending", "delivered", "failed", "disabled"]
+
+FINAL_WAIT = 120.0
+"""Seconds a terminal status's notifications wait for the run to be final in W&B."""
 
 webhook_events = sa.Table(
     "webhook_events",
@@ -99,10 +105,16 @@ class DueDelivery:
 
 
 def enqueue(
-    conn: Connection, event: WebhookEvent, targets: Targets, *, now: float | None = None
+    conn: Connection,
+    event: WebhookEvent,
+    targets: Targets,
+    *,
+    now: float | None = None,
+    hold_until: float | None = None,
 ) -> int:
-    """Store the event and a pending delivery for each matching target, in the caller's
-    transaction. Idempotent: the same event again adds nothing. Returns deliveries added."""
+    """Store the event and a delivery for each matching target, in the caller's transaction:
+    pending, or held until ``hold_until`` (or an earlier :func:`release`). Idempotent: the
+    same event again adds nothing. Returns deliveries added."""
     matching = targets.matching(event)
     if not matching:
         return 0
@@ -122,14 +134,15 @@ def enqueue(
         ("event_id",),
     )
     disabled = disabled_targets(conn)
+    waiting = "pending" if hold_until is None else "held"
     rows = [
         {
             "event_id": event.id,
             "target": target.name,
             "kind": target.kind,
-            "state": "disabled" if target.name in disabled else "pending",
+            "state": "disabled" if target.name in disabled else waiting,
             "attempts": 0,
-            "next_attempt_at": when,
+            "next_attempt_at": when if hold_until is None else hold_until,
             "last_error": "target disabled" if target.name in disabled else None,
             "created_at": when,
             "updated_at": when,
@@ -149,15 +162,65 @@ def enqueue_change(
     notify_backfill: bool = False,
     source: str | None = None,
     now: float | None = None,
+    final_wait: float = FINAL_WAIT,
 ) -> WebhookEvent | None:
     """The engine's one call, inside the transaction that records the change: build the event
     (``seq`` numbers the job's status changes) and enqueue it, unless it is a backfill that
-    nobody asked for or no target wants it. Returns the event enqueued."""
+    nobody asked for or no target wants it. A terminal status is held until its run is final
+    (at most ``final_wait`` seconds). Returns the event enqueued."""
     if not targets or not should_notify(change, notify_backfill=notify_backfill):
         return None
     when = time.time() if now is None else now
     event = status_event(change, seq=seq, run_url=run_url, created_at=int(when), source=source)
-    return event if enqueue(conn, event, targets, now=when) else None
+    hold = when + final_wait if mapping.is_terminal(change.current) else None
+    return event if enqueue(conn, event, targets, now=when, hold_until=hold) else None
+
+
+def release(engine: Engine, job_id: str, *, final: bool = True, now: float | None = None) -> int:
+    """The job's held notifications go out now; their ``data.run_final`` says whether the
+    run showed the final state in W&B by then. The body is set once, before any attempt, so
+    every attempt sends the same bytes. Returns the deliveries released."""
+    d, e = webhook_deliveries, webhook_events
+    when = time.time() if now is None else now
+    with engine.begin() as conn:
+        held = conn.execute(
+            sa.select(d.c.id, e.c.event_id, e.c.body)
+            .join(e, e.c.event_id == d.c.event_id)
+            .where(d.c.state == "held", e.c.job_id == job_id)
+        ).all()
+        for event_id, body in {(r.event_id, r.body) for r in held}:
+            conn.execute(
+                e.update().where(e.c.event_id == event_id).values(body=_with_final(body, final))
+            )
+        if held:
+            conn.execute(
+                d.update()
+                .where(d.c.id.in_([r.id for r in held]))
+                .values(state="pending", next_attempt_at=when, updated_at=when)
+            )
+    return len(held)
+
+
+def release_expired(engine: Engine, now: float) -> int:
+    """Held notifications whose wait ran out go out saying the run is not final yet."""
+    d, e = webhook_deliveries, webhook_events
+    with engine.connect() as conn:
+        jobs = conn.execute(
+            sa.select(e.c.job_id)
+            .join(d, e.c.event_id == d.c.event_id)
+            .where(d.c.state == "held", d.c.next_attempt_at <= now)
+            .distinct()
+        ).all()
+    return sum(release(engine, row.job_id, final=False, now=now) for row in jobs)
+
+
+def _with_final(body: str, final: bool) -> str:
+    event = WebhookEvent.from_body(body)
+    return (
+        WebhookEvent(event.id, event.type, event.created_at, {**event.data, "run_final": final})
+        .body()
+        .decode("ascii")
+    )
 
 
 def _insert_missing(
@@ -313,7 +376,7 @@ def pending_count(engine: Engine) -> int:
     d = webhook_deliveries
     with engine.connect() as conn:
         count = conn.execute(
-            sa.select(sa.func.count()).select_from(d).where(d.c.state == "pending")
+            sa.select(sa.func.count()).select_from(d).where(d.c.state.in_(("pending", "held")))
         ).scalar_one()
     return int(count)
 
