@@ -12,13 +12,13 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from bridge.testing.wandb_server import artifact_ops, public_ops, readapi, sdk_ops
 from bridge.testing.wandb_server.faults import Faults
 from bridge.testing.wandb_server.graphql import Context, Handler, execute, operation_name
+from bridge.testing.wandb_server.messages import Recorded, Request, Response
 from bridge.testing.wandb_server.runs import apply_file_stream
 
 HANDLERS: dict[str, Handler] = {
@@ -26,36 +26,6 @@ HANDLERS: dict[str, Handler] = {
     **artifact_ops.HANDLERS,
     **public_ops.HANDLERS,
 }
-
-
-@dataclass(frozen=True)
-class Request:
-    method: str
-    target: str  # path and query string
-    headers: dict[str, str]  # lower-case names
-    body: bytes = b""
-
-
-@dataclass
-class Response:
-    status: int
-    body: bytes
-    content_type: str = "application/json"
-    headers: dict[str, str] = field(default_factory=dict)
-
-    @classmethod
-    def json(cls, status: int, payload: Any) -> Response:
-        return cls(status, json.dumps(payload).encode())
-
-
-@dataclass
-class Recorded:
-    """One request as received, for tests that look at the traffic."""
-
-    method: str
-    path: str
-    operation: str | None
-    body: Any
 
 
 class App:
@@ -97,7 +67,12 @@ class App:
             name = operation_name(payload)
             self._note(method, path, name, payload)
             return Response.json(200, execute(HANDLERS, self.context, payload))
-        if method == "POST" and len(parts) == 5 and parts[0] == "files" and parts[4] == "file_stream":
+        if (
+            method == "POST"
+            and len(parts) == 5
+            and parts[0] == "files"
+            and parts[4] == "file_stream"
+        ):
             payload = _json(body)
             self._note(method, path, None, payload)
             return self._file_stream(parts[1], parts[2], parts[3], payload)

@@ -116,7 +116,7 @@ def create_files(context: Context, variables: dict[str, Any], query: str) -> dic
         artifact = _artifact(context, item.get("artifactID"))
         name = str(item.get("name"))
         url = f"{context.base_url}{MANIFEST_PREFIX}{quote(artifact.id)}/files/{quote(name)}"
-        node = {
+        node: dict[str, Any] = {
             "storagePath": f"artifacts/{artifact.id}/{name}",
             "uploadUrl": url,
             "uploadHeaders": [],

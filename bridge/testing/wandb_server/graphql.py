@@ -51,9 +51,7 @@ def operation_name(body: dict[str, Any]) -> str:
     return f"{{{first.group(1)}}}" if first else "(anonymous)"
 
 
-def execute(
-    handlers: dict[str, Handler], context: Context, body: dict[str, Any]
-) -> dict[str, Any]:
+def execute(handlers: dict[str, Handler], context: Context, body: dict[str, Any]) -> dict[str, Any]:
     """The JSON answer to one GraphQL request body."""
     name = operation_name(body)
     handler = handlers.get(name)

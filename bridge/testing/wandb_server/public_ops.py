@@ -15,8 +15,14 @@ import re
 from typing import Any
 
 from bridge.testing.wandb_server.graphql import Context, Handler
-from bridge.testing.wandb_server.runs import EVENTS, HISTORY, RunRecord, history_keys
-from bridge.testing.wandb_server.sdk_ops import find_run, run_path, wrapped_config
+from bridge.testing.wandb_server.runs import (
+    EVENTS,
+    HISTORY,
+    RunRecord,
+    history_keys,
+    wrapped_config,
+)
+from bridge.testing.wandb_server.sdk_ops import find_run, run_path
 
 PAGE_SIZE = 50
 
@@ -77,9 +83,7 @@ def runs(context: Context, variables: dict[str, Any], query: str) -> dict[str, A
     start = int(variables.get("cursor") or 0)
     per_page = int(variables.get("perPage") or PAGE_SIZE)
     page = found[start : start + per_page]
-    edges = [
-        {"node": run_json(r), "cursor": str(start + i + 1)} for i, r in enumerate(page)
-    ]
+    edges = [{"node": run_json(r), "cursor": str(start + i + 1)} for i, r in enumerate(page)]
     end = start + len(page)
     return {
         "project": {
@@ -134,7 +138,7 @@ def _compare(value: Any, condition: Any) -> bool:
         elif op == "$exists":
             results.append((value is not None) == bool(arg))
         elif op == "$regex":
-            results.append(any(isinstance(v, str) and re.search(arg, v) for v in values))
+            results.append(any(isinstance(v, str) and bool(re.search(arg, v)) for v in values))
         elif op in ("$gt", "$gte", "$lt", "$lte"):
             results.append(_ordered(op, value, arg))
         else:
@@ -173,14 +177,15 @@ def matches(run: RunRecord, filters: dict[str, Any]) -> bool:
 
 def run_history_keys(context: Context, variables: dict[str, Any], query: str) -> dict[str, Any]:
     found = _wanted_run(context, variables)
-    node = None if found is None else {"historyKeys": history_keys(found)}
+    node: dict[str, Any] | None = None if found is None else {"historyKeys": history_keys(found)}
     return {"project": {"run": node}}
 
 
 def parquet_history(context: Context, variables: dict[str, Any], query: str) -> dict[str, Any]:
     found = _wanted_run(context, variables)
-    node = None if found is None else {"parquetHistory": {"parquetUrls": [], "liveData": []}}
-    return {"project": {"run": node}}
+    if found is None:
+        return {"project": {"run": None}}
+    return {"project": {"run": {"parquetHistory": {"parquetUrls": [], "liveData": []}}}}
 
 
 def _in_range(row: dict[str, Any], low: Any, high: Any, high_inclusive: bool) -> bool:
@@ -191,7 +196,7 @@ def _in_range(row: dict[str, Any], low: Any, high: Any, high_inclusive: bool) ->
         return False
     if high is None:
         return True
-    return step <= high if high_inclusive else step < high
+    return bool(step <= high) if high_inclusive else bool(step < high)
 
 
 def history_page(context: Context, variables: dict[str, Any], query: str) -> dict[str, Any]:
@@ -204,7 +209,7 @@ def history_page(context: Context, variables: dict[str, Any], query: str) -> dic
     lines = [
         line
         for line, row in zip(found.history_lines, found.history, strict=True)
-        if low is None and high is None or _in_range(row, low, high, high_inclusive=False)
+        if (low is None and high is None) or _in_range(row, low, high, high_inclusive=False)
     ]
     if limit is not None:
         lines = lines[: int(limit)]

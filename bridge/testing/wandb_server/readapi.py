@@ -15,10 +15,11 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from bridge.testing.wandb_server.messages import Response
 from bridge.testing.wandb_server.runs import RunRecord
 
 if TYPE_CHECKING:
-    from bridge.testing.wandb_server.app import App, Response
+    from bridge.testing.wandb_server.app import App
 
 
 def run_view(run: RunRecord, full: bool) -> dict[str, Any]:
@@ -34,8 +35,6 @@ def run_view(run: RunRecord, full: bool) -> dict[str, Any]:
 
 
 def handle(app: App, method: str, path: str, body: bytes) -> Response:
-    from bridge.testing.wandb_server.app import Response
-
     store = app.context.store
     parts = path.strip("/").split("/")[1:]
     if method == "GET" and parts == ["runs"]:

@@ -209,6 +209,7 @@ def mark_files_uploaded(context: Context, variables: dict[str, Any], query: str)
 HANDLERS: dict[str, Handler] = {
     "Viewer": viewer,
     "{viewer}": viewer,
+    "GetDefaultEntity": viewer,
     "ServerFeaturesQuery": server_features,
     "ServerInfo": server_info,
     "OrganizationCoreWeaveOrganizationID": no_organization,

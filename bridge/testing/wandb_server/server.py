@@ -17,9 +17,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, cast
 
-from bridge.testing.wandb_server.app import App, Recorded, Request, Response
+from bridge.testing.wandb_server.app import App
 from bridge.testing.wandb_server.faults import Faults
 from bridge.testing.wandb_server.graphql import Context
+from bridge.testing.wandb_server.messages import Recorded, Request, Response
 from bridge.testing.wandb_server.runs import RunRecord
 from bridge.testing.wandb_server.store import Store
 
@@ -71,7 +72,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _body(self) -> bytes:
         if "chunked" in self.headers.get("transfer-encoding", "").lower():
-            chunks = []
+            chunks: list[bytes] = []
             while True:
                 size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
                 if size == 0:

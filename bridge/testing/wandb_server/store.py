@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -120,7 +119,7 @@ class Store:
             target = self.data_dir / STATE_FILE
             temporary = target.with_suffix(".tmp")
             temporary.write_text(json.dumps(state))
-            os.replace(temporary, target)
+            temporary.replace(target)
 
     def _load(self, data_dir: Path) -> None:
         source = data_dir / STATE_FILE
