@@ -144,6 +144,21 @@ def use_artifact(context: Context, variables: dict[str, Any], query: str) -> dic
     return {"useArtifact": {"artifact": {"id": ident}}}
 
 
+def link_artifact(context: Context, variables: dict[str, Any], query: str) -> dict[str, Any]:
+    """Linking into a registry or portfolio: the version index is the artifact's own."""
+    artifact = context.store.artifact(str(variables.get("artifactId")))
+    return {"linkArtifact": {"versionIndex": 0 if artifact is None else artifact.version}}
+
+
+def update_artifact(context: Context, variables: dict[str, Any], query: str) -> dict[str, Any]:
+    artifact = _artifact(context, variables.get("artifactID"))
+    metadata = variables.get("metadata")
+    if metadata is not None:
+        with context.store.change():
+            artifact.metadata = json.loads(metadata) if isinstance(metadata, str) else metadata
+    return {"updateArtifact": {"artifact": {"id": artifact.id}}}
+
+
 def digest_algorithm(context: Context, variables: dict[str, Any], query: str) -> dict[str, Any]:
     return {"project": {"artifactType": None}}
 
@@ -184,6 +199,8 @@ HANDLERS: dict[str, Handler] = {
     "CreateArtifactFiles": create_files,
     "CommitArtifact": commit,
     "UseArtifact": use_artifact,
+    "LinkArtifact": link_artifact,
+    "UpdateArtifact": update_artifact,
     "FetchArtifactDigestAlgorithm": digest_algorithm,
     "ClientIDMapping": client_id_mapping,
 }

@@ -82,6 +82,10 @@ def no_organization(context: Context, variables: dict[str, Any], query: str) -> 
     return {"entity": {"organization": None, "xxhashDigestsEnabled": False}}
 
 
+def no_org_flags(context: Context, variables: dict[str, Any], query: str) -> dict[str, Any]:
+    return {"organization": None}
+
+
 def upsert_bucket(context: Context, variables: dict[str, Any], query: str) -> dict[str, Any]:
     store = context.store
     with store.change():
@@ -214,6 +218,8 @@ HANDLERS: dict[str, Handler] = {
     "ServerInfo": server_info,
     "OrganizationCoreWeaveOrganizationID": no_organization,
     "XXHashDigestsEnabled": no_organization,
+    "FetchOrgEntityFromEntity": no_organization,
+    "OrgFeatureFlags": no_org_flags,
     "UpsertBucket": upsert_bucket,
     "RunResumeStatus": resume_status,
     "CreateRunFiles": create_run_files,
