@@ -3,6 +3,7 @@ API: no mocks. What each test checks is what the server holds afterwards."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import re
@@ -99,7 +100,7 @@ def test_online_run_is_stored_whole(wandb_server: WandbServer, tmp_path: Path) -
     run.alert(title="Job failed", text="ft-job-1 failed", level=AlertLevel.ERROR)
     model = wandb.Artifact("ft-model", type="model")
     model.add_reference("openai://ft:gpt-4o-mini:org::abc123", name="model", checksum=False)
-    run.log_artifact(model, aliases=["best", "succeeded"])
+    run.log_artifact(model, aliases=["best", "succeeded"]).wait()
     (tmp_path / "results.csv").write_text("step,train_loss\n1,0.5\n")
     results = wandb.Artifact("ft-results", type="results")
     results.add_file(str(tmp_path / "results.csv"))
@@ -223,6 +224,56 @@ def test_wandb_sync_uploads_offline_segments_in_order(
     assert synced.steps() == list(range(25))
     assert synced.config == {"segment": 1}
     assert (synced.state, synced.exit_code) == ("finished", 0)
+
+
+def test_artifact_use_console_and_preempting(wandb_server: WandbServer, tmp_path: Path) -> None:
+    writer = wandb.init(
+        project=PROJECT,
+        id="producer-1",
+        dir=tmp_path,
+        settings=online_settings(wandb_server, console="wrap"),
+    )
+    print("hello from the job")  # console capture is under test
+    for version, ref in enumerate(["openai://ft:a", "openai://ft:b", "openai://ft:b"]):
+        model = wandb.Artifact("ft-model", type="model")
+        model.add_reference(ref, name="model", checksum=False)
+        logged = writer.log_artifact(model, aliases=[f"try-{version}"])
+        logged.wait()
+    writer.log({"loss": 1.0}, commit=True)
+    writer.mark_preempting()
+    wait_until(lambda: stored(wandb_server, "producer-1").preempting, 30, "preempting")
+    assert stored(wandb_server, "producer-1").state == "preempting"
+    writer.finish()
+    produced = stored(wandb_server, "producer-1")
+    assert any("hello from the job" in line for line in produced.logs)
+    assert [a.version for a in produced.artifacts] == [0, 1]  # the same digest again: no v2
+    newest = produced.artifact("ft-model")
+    assert newest is not None
+    assert sorted(newest.aliases) == ["latest", "try-1", "try-2"]
+    assert produced.state == "finished"
+
+    reader = wandb.init(
+        project=PROJECT, id="consumer-1", dir=tmp_path, settings=online_settings(wandb_server)
+    )
+    used = reader.use_artifact("ft-model:try-0")
+    assert (used.version, used.type) == ("v0", "model")
+    reader.finish()
+    assert stored(wandb_server, "consumer-1").used_artifacts == [produced.artifacts[0].id]
+
+
+def test_gzip_bodies_are_read(wandb_server: WandbServer) -> None:
+    lines = [json.dumps({"_step": i}) for i in range(3)]
+    body = gzip.compress(
+        json.dumps({"files": {"wandb-history.jsonl": {"offset": 0, "content": lines}}}).encode()
+    )
+    request = urllib.request.Request(  # noqa: S310 - our server
+        f"{wandb_server.url}/files/{wandb_server.entity}/{PROJECT}/gz-1/file_stream",
+        body,
+        {"content-type": "application/json", "content-encoding": "gzip"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - our server
+        assert json.loads(response.read()) == {}
+    assert stored(wandb_server, "gz-1").steps() == [0, 1, 2]
 
 
 def run_through_fault(

@@ -49,7 +49,9 @@ def online_settings(server: WandbServer, **extra: Any) -> Any:
         "finish_timeout_raises": True,
         **extra,
     }
-    return quiet_settings(**options)
+    settings = quiet_settings(**{k: v for k, v in options.items() if k != "console"})
+    settings.console = options.get("console", "off")
+    return settings
 
 
 @pytest.fixture(name="wandb_server")

@@ -9,6 +9,7 @@ COMMITTED, as W&B does (the client then skips the upload).
 
 from __future__ import annotations
 
+import datetime
 import json
 from typing import Any
 from urllib.parse import quote
@@ -39,6 +40,96 @@ def _artifact_json(artifact: ArtifactRecord, previous: ArtifactRecord | None) ->
             "latestArtifact": None if previous is None else {"id": previous.id},
         },
     }
+
+
+def _when(seconds: float) -> str:
+    moment = datetime.datetime.fromtimestamp(seconds, tz=datetime.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def artifact_fragment(context: Context, ident: str) -> dict[str, Any] | None:
+    """An artifact with the fields of the SDK's `ArtifactFragment`."""
+    with context.store.lock:
+        found = context.store.artifacts.get(ident)
+    if found is None:
+        return None
+    (entity, project, _), artifact = found
+    project_info = {
+        "id": f"project:{entity}/{project}",
+        "internalId": "1",
+        "name": project,
+        "entity": {"name": entity},
+    }
+    collection = {"__typename": "ArtifactSequence", "name": artifact.name, "project": project_info}
+    return {
+        "__typename": "Artifact",
+        "id": artifact.id,
+        "artifactSequence": collection,
+        "versionIndex": artifact.version,
+        "artifactType": {"name": artifact.type},
+        "description": artifact.description,
+        "metadata": json.dumps(artifact.metadata),
+        "ttlDurationSeconds": -1,
+        "ttlIsInherited": True,
+        "tags": [],
+        "historyStep": None,
+        "state": artifact.state,
+        "size": sum(int(e.get("size") or 0) for e in artifact.entries.values()),
+        "digest": artifact.digest,
+        "digestAlgorithm": "MANIFEST_MD5",
+        "commitHash": artifact.digest[:20],
+        "fileCount": len(artifact.entries),
+        "createdAt": _when(0),
+        "updatedAt": None,
+        "aliases": [
+            {
+                "__typename": "ArtifactAlias",
+                "id": f"alias:{artifact.id}:{alias}",
+                "alias": alias,
+                "artifactCollection": {
+                    "__typename": "ArtifactSequence",
+                    "name": artifact.name,
+                    "project": project_info,
+                },
+            }
+            for alias in artifact.aliases
+        ],
+    }
+
+
+def artifact_by_id(context: Context, variables: dict[str, Any], query: str) -> dict[str, Any]:
+    return {"artifact": artifact_fragment(context, str(variables.get("id")))}
+
+
+def resolve(context: Context, entity: str, project: str, name: str) -> ArtifactRecord | None:
+    """`collection:alias` or `collection:vN` (no tag means `latest`)."""
+    collection, _, tag = name.partition(":")
+    tag = tag or "latest"
+    for artifact in reversed(context.store.collection(entity, project, collection)):
+        if tag == f"v{artifact.version}" or tag in artifact.aliases:
+            return artifact
+    return None
+
+
+def membership_by_name(context: Context, variables: dict[str, Any], query: str) -> dict[str, Any]:
+    entity, project = run_path(context, variables.get("entity"), variables.get("project"))
+    artifact = resolve(context, entity, project, str(variables.get("name")))
+    fragment = None if artifact is None else artifact_fragment(context, artifact.id)
+    if fragment is None:
+        return {"project": {"artifactCollectionMembership": None}}
+    membership = {
+        "__typename": "ArtifactCollectionMembership",
+        "id": f"membership:{fragment['id']}",
+        "versionIndex": fragment["versionIndex"],
+        "createdAt": fragment["createdAt"],
+        "aliases": [
+            {k: v for k, v in alias.items() if k != "artifactCollection"}
+            for alias in fragment["aliases"]
+        ],
+        "artifactCollection": fragment["artifactSequence"],
+        "artifact": fragment,
+    }
+    return {"project": {"artifactCollectionMembership": membership}}
 
 
 def artifact_type(context: Context, variables: dict[str, Any], query: str) -> dict[str, Any]:
@@ -193,6 +284,8 @@ def store_upload(context: Context, path: str, data: bytes) -> None:
 
 HANDLERS: dict[str, Handler] = {
     "ArtifactType": artifact_type,
+    "ArtifactByID": artifact_by_id,
+    "ArtifactMembershipByName": membership_by_name,
     "CreateArtifact": create_artifact,
     "CreateArtifactManifest": create_manifest,
     "UpdateArtifactManifest": update_manifest,
