@@ -23,7 +23,7 @@ from wandb.sdk.wandb_alerts import AlertLevel
 from bridge.testing import RunRecord, WandbServer
 from bridge.testing.wandb_server import graphql
 from bridge.testing.wandb_server.app import HANDLERS
-from bridge.testing.wandb_server.runs import apply_file_stream
+from bridge.testing.wandb_server.runs import apply_file_stream, mark_crashed
 from tests.conftest import wait_until
 from tests.wandb_server import online_settings, wandb_env, wandb_server_fixture
 
@@ -422,6 +422,16 @@ def test_file_stream_lines_overwrite_by_offset() -> None:
     assert run.duplicates() == [1]
     apply_file_stream(run, {"complete": True, "exitcode": 0, "preempting": False}, 0)
     assert (run.state, run.exit_code) == ("finished", 0)
+
+
+def test_silent_run_is_crashed_until_it_streams_again() -> None:
+    run = RunRecord("e", "p", "r", storage_id="s", heartbeat_at=100.0)
+    mark_crashed(run, now=110.0, silence=30)
+    assert run.state == "running"
+    mark_crashed(run, now=131.0, silence=30)
+    assert run.state == "crashed"
+    apply_file_stream(run, {"files": {}}, now=140.0)
+    assert run.state == "running"
 
 
 def test_concurrent_runs_are_kept_apart(wandb_server: WandbServer, tmp_path: Path) -> None:

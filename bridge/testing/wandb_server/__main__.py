@@ -1,4 +1,5 @@
-"""`python -m bridge.testing.wandb_server --port N [--host H] [--data-dir DIR] [--entity E]`.
+"""`python -m bridge.testing.wandb_server --port N [--host H] [--data-dir DIR] [--entity E]
+[--crash-after SECONDS]`.
 
 Prints `listening on URL` and `api key KEY`, then serves until SIGTERM or SIGINT.
 """
@@ -22,6 +23,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--data-dir", help="keep the state here, across restarts")
     parser.add_argument("--entity", default=DEFAULT_ENTITY, help="the default entity")
+    parser.add_argument(
+        "--crash-after", type=float, help="seconds of silence after which a run has crashed"
+    )
     return parser.parse_args(argv)
 
 
@@ -34,7 +38,9 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    server = WandbServer(args.port, args.data_dir, args.entity, args.host)
+    server = WandbServer(
+        args.port, args.data_dir, args.entity, host=args.host, crash_after=args.crash_after
+    )
     with server:
         print(f"listening on {server.url}", flush=True)
         print(f"api key {server.api_key}", flush=True)

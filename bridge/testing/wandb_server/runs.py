@@ -245,6 +245,13 @@ def reopen(run: RunRecord) -> None:
         run.exit_code = None
 
 
+def mark_crashed(run: RunRecord, now: float, silence: float) -> None:
+    """A running run not heard from for `silence` seconds has crashed (W&B's reading of a
+    process that died without finishing); streaming again reopens it."""
+    if run.state == "running" and now - run.heartbeat_at > silence:
+        run.state = "crashed"
+
+
 def history_keys(run: RunRecord) -> dict[str, Any]:
     """The `historyKeys` JSON the Public API reads: key types and `lastStep`."""
     keys: dict[str, Counter[str]] = {}

@@ -113,7 +113,9 @@ class WandbServer:
     """A W&B server for tests: `wandb` (online) and `wandb sync` talk to `url`.
 
     `port=0` picks a free port once; it is kept across restarts. `data_dir` persists the state
-    as JSON. `record=True` keeps every request in `requests`.
+    as JSON. `crash_after` (seconds) turns a running run that has sent nothing for that long
+    into a `crashed` one, as W&B does (wandb-core sends a heartbeat every 30 s). `record=True`
+    keeps every request in `requests`.
     """
 
     def __init__(
@@ -121,8 +123,10 @@ class WandbServer:
         port: int = 0,
         data_dir: Path | str | None = None,
         entity: str = DEFAULT_ENTITY,
+        *,
         host: str = "127.0.0.1",
         record: bool = False,
+        crash_after: float | None = None,
     ) -> None:
         self.host = host
         self._port = port
@@ -130,7 +134,8 @@ class WandbServer:
         self.api_key = API_KEY
         self.data_dir = Path(data_dir) if data_dir is not None else None
         self.faults = Faults()
-        self._store = Store(self.data_dir)
+        self.crash_after = crash_after
+        self._store = Store(self.data_dir, crash_after)
         self._context = Context(self._store, entity, "")
         self._app = App(self._context, self.faults, self._control, record)
         self._server: HttpServer | None = None
@@ -156,7 +161,7 @@ class WandbServer:
         with self._lifecycle:
             self._unbind()
             if self.data_dir is not None:
-                self._store = Store(self.data_dir)
+                self._store = Store(self.data_dir, self.crash_after)
                 self._context.store = self._store
             self._bind()
 
@@ -264,11 +269,13 @@ class WandbServer:
 
     def run(self, run_id: str, project: str, entity: str | None = None) -> RunRecord | None:
         """A snapshot of the run `entity/project/run_id` (entity: the server's), or None."""
+        self._store.mark_silent_runs()
         with self._store.lock:
             return copy.deepcopy(self._store.run(entity or self.entity, project, run_id))
 
     def runs(self) -> list[RunRecord]:
         """A snapshot of every run."""
+        self._store.mark_silent_runs()
         with self._store.lock:
             return copy.deepcopy(list(self._store.runs.values()))
 

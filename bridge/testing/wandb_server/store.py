@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bridge.testing.wandb_server.runs import ArtifactRecord, RunRecord
+from bridge.testing.wandb_server.runs import ArtifactRecord, RunRecord, mark_crashed
 
 STATE_FILE = "wandb-server-state.json"
 
@@ -29,8 +29,9 @@ def storage_id(kind: str, number: int) -> str:
 class Store:
     """All runs and artifacts; safe to use from many request threads."""
 
-    def __init__(self, data_dir: Path | None = None) -> None:
+    def __init__(self, data_dir: Path | None = None, crash_after: float | None = None) -> None:
         self.data_dir = data_dir
+        self.crash_after = crash_after
         self.lock = threading.RLock()
         self.runs: dict[tuple[str, str, str], RunRecord] = {}
         self.artifacts: dict[str, tuple[tuple[str, str, str], ArtifactRecord]] = {}
@@ -50,6 +51,15 @@ class Store:
         with self.lock:
             yield
             self.save()
+
+    def mark_silent_runs(self) -> None:
+        """With `crash_after`, running runs silent for that long become `crashed`."""
+        if self.crash_after is None:
+            return
+        now = time.time()
+        with self.lock:
+            for run in self.runs.values():
+                mark_crashed(run, now, self.crash_after)
 
     def run(self, entity: str, project: str, run_id: str) -> RunRecord | None:
         with self.lock:
