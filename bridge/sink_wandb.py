@@ -28,6 +28,7 @@ from bridge.ports import Json, OpenedRun, PlacedRow
 from bridge.wandbfile import (
     WandbFileError,
     cut_to_whole_records,
+    find_run_files,
     read_run,
     wait_for_exit_record,
 )
@@ -107,6 +108,8 @@ class WandbSink:
             return self._opened(self._runs[spec.run_id])
         if self._failed_at is not None and not self.reachable():
             raise SinkUnavailable(f"W&B did not open run {spec.run_id}: W&B is unreachable")
+        if self._options.mode == "offline":
+            self._tidy_segments(spec.run_id)
         before = self._run_folders(spec.run_id)
         try:
             run = wandb.init(
@@ -286,22 +289,39 @@ class WandbSink:
         if self.online:
             return None
         path = Path(segment)
-        if not path.exists():
+        if not self._make_whole(path):
             return set()
         try:
-            cut, has_run = cut_to_whole_records(path)
-            if not has_run:
-                # Nothing of the run reached the file: the folder would only make `wandb
-                # sync` fail, and the rows are sent again.
-                shutil.rmtree(path.parent, ignore_errors=True)
-                log.info("wandb.empty_segment_removed", segment=segment)
-                return set()
-            if cut:
-                log.info("wandb.segment_cut", segment=segment, bytes_cut=cut)
             return set(read_run(path).steps)
         except (WandbFileError, OSError) as error:
             log.warning("wandb.segment_unreadable", segment=segment, error=str(error))
             return set()
+
+    def _tidy_segments(self, run_id: str) -> None:
+        """Before a run opens again offline: every earlier segment of it must be a file that
+        ``wandb sync`` reads to the end, including one a kill left before the store knew it."""
+        for path in find_run_files(self._options.directory, run_id):
+            if path.parent.name.startswith("offline-run-"):
+                self._make_whole(path)
+
+    def _make_whole(self, path: Path) -> bool:
+        """Cut a segment's file back to its last whole record; remove a segment that holds
+        no run record (nothing of it reached the file: it would only make ``wandb sync``
+        fail, and its rows are sent again). Returns whether the segment is still there."""
+        if not path.exists():
+            return False
+        try:
+            cut, has_run = cut_to_whole_records(path)
+        except (WandbFileError, OSError) as error:
+            log.warning("wandb.segment_unreadable", segment=str(path), error=str(error))
+            return False
+        if not has_run:
+            shutil.rmtree(path.parent, ignore_errors=True)
+            log.info("wandb.empty_segment_removed", segment=str(path))
+            return False
+        if cut:
+            log.info("wandb.segment_cut", segment=str(path), bytes_cut=cut)
+        return True
 
 
 def _bad_float(value: object) -> bool:

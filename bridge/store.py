@@ -343,16 +343,14 @@ class SqlStore:
         if not placed:
             return
         e = schema.events
+        update = (
+            e.update()
+            .where(e.c.job_id == sa.bindparam("b_job"), e.c.event_id == sa.bindparam("b_event"))
+            .values(state="sent", wandb_step=sa.bindparam("b_at"))
+        )
+        rows = [{"b_job": job_id, "b_event": k, "b_at": at} for k, at in placed.items()]
         with self._tx() as conn:
-            by_step: dict[int, list[str]] = {}
-            for event_id, at in placed.items():
-                by_step.setdefault(at, []).append(event_id)
-            for at, ids in by_step.items():
-                conn.execute(
-                    e.update()
-                    .where(e.c.job_id == job_id, e.c.event_id.in_(ids))
-                    .values(state="sent", wandb_step=at)
-                )
+            conn.execute(update, rows)
 
     def mark_durable(self, job_id: str) -> None:
         with self._tx() as conn:

@@ -137,6 +137,17 @@ class BridgeProcess:
     def raw_log(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""
 
+    def starts(self) -> int:
+        """How many daemons started so far (each logs ``daemon.started`` once)."""
+        return self.raw_log().count('"daemon.started"')
+
+    def start_and_wait(self, *args: str, timeout: float = 60) -> subprocess.Popen[bytes]:
+        """Start the daemon and return once it logged its start."""
+        before = self.starts()
+        proc = self.start(*args)
+        wait_until(lambda: self.starts() > before, timeout, "the daemon started")
+        return proc
+
     def started(self) -> bool:
         return '"daemon.started"' in self.raw_log() or "sync." in self.raw_log()
 

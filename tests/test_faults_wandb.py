@@ -99,13 +99,14 @@ def test_wandb_unreachable_at_start_then_back(
     elapsed = time.monotonic() - started
 
     errors = failed_opens(bridge)
-    assert all("CommError" in e for e in errors), errors
-    # Each attempt waits for FTBRIDGE_WANDB_INIT_TIMEOUT: one line per attempt, not a storm.
-    # (Before the fix in WandbSink.open, every attempt after the first failed at once with
-    # "run ID ... is in use", twice a second per job, forever: wandb-core keeps the id of a
-    # failed init until wandb.teardown().)
+    # The first attempt waits for FTBRIDGE_WANDB_INIT_TIMEOUT; later ones ask W&B first
+    # whether it answers at all, and give up at once while it does not.
+    assert "CommError" in errors[0], errors
+    assert all("CommError" in e or "W&B is unreachable" in e for e in errors), errors
+    # Never "run ID ... is in use" (wandb-core keeps the id of a failed init until
+    # wandb.teardown()), and no spin: at most one attempt per job and poll interval.
     assert not any("is in use" in e for e in errors), errors
-    assert len(errors) <= len(JOBS) * (1 + elapsed / INIT_TIMEOUT), (len(errors), elapsed)
+    assert len(errors) <= len(JOBS) * (1 + elapsed / 0.5), (len(errors), elapsed)
     assert "Traceback" not in bridge.raw_log()
     warned = [
         line
@@ -131,5 +132,6 @@ def test_wandb_unreachable_at_start_then_back(
         segments = [read_run(path) for path in find_run_files(bridge.wandb_dir, job_id)]
         steps = [step for segment in segments for step in segment.steps]
         assert len(steps) == len(set(steps)), "every step exactly once"
-        # The folders the failed online inits left behind hold no history.
-        assert sum(bool(s.steps) for s in segments) == 1
+        # The failed online inits left no folder behind.
+        assert len(segments) == 1
+    assert not list((bridge.wandb_dir / "wandb").glob("run-*"))
