@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from bridge import mapping
-from bridge.emulator import Emulator, Faults, JobScenario
+from bridge.emulator import Emulator, JobScenario
 from bridge.testing import RunRecord, WandbServer
 from tests.conftest import BridgeProcess, new_bridge_process, wait_until
 from tests.test_e2e import expected_rows, job_of
