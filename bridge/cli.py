@@ -154,7 +154,9 @@ def _configure(settings: Settings) -> None:
     configure_logging(level=settings.log_level, fmt=settings.log_format, secrets=secrets)
 
 
-def _build_when_reachable(settings: Settings) -> Bridge | BridgeGroup | None:
+def _build_when_reachable(
+    settings: Settings, *, job_budget: float | None = None
+) -> Bridge | BridgeGroup | None:
     """Build the bridge, waiting while the database does not answer (a server restarting,
     a network blip) instead of exiting into a crash loop; None if told to stop meanwhile."""
     stop = threading.Event()
@@ -162,7 +164,7 @@ def _build_when_reachable(settings: Settings) -> Bridge | BridgeGroup | None:
     delay = 1.0
     while True:
         try:
-            return build_bridge(settings)
+            return build_bridge(settings, job_budget=job_budget)
         except StoreUnavailable as error:
             if delay == 1.0:
                 log.warning("store.unreachable", error=str(error), detail="waiting for it")
@@ -172,7 +174,7 @@ def _build_when_reachable(settings: Settings) -> Bridge | BridgeGroup | None:
 
 
 def _run(settings: Settings) -> int:
-    bridge = _build_when_reachable(settings)
+    bridge = _build_when_reachable(settings, job_budget=settings.job_time_budget)
     if bridge is None:
         return 0
     metrics, server = observe(settings, bridge)
