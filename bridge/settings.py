@@ -82,7 +82,7 @@ class Settings(BaseSettings):
     chats: list[dict[str, Any]] = Field(default_factory=list)
     # The health server (/healthz, /readyz, /metrics): off unless http_port is set.
     http_port: int | None = Field(default=None, ge=0, le=65535)
-    http_host: str = "0.0.0.0"
+    http_host: str = "127.0.0.1"
     fetch_workers: int = Field(default=4, ge=1, le=32)
     lease_seconds: float = _seconds(30.0, low=3, high=600, low_inclusive=True)
     replica_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]{1,128}$")
