@@ -101,6 +101,15 @@ def build_bridge(
     return built
 
 
+def quarantined_jobs(bridge: Bridge | BridgeGroup) -> dict[str, str]:
+    """Job ids left out by every source (id -> reason)."""
+    bridges = bridge.bridges if isinstance(bridge, BridgeGroup) else [bridge]
+    found: dict[str, str] = {}
+    for one in bridges:
+        found.update(getattr(one.source, "quarantined", {}))
+    return found
+
+
 def observe(
     settings: Settings, bridge: Bridge | BridgeGroup
 ) -> tuple[BridgeMetrics, HealthServer | None]:
@@ -118,6 +127,7 @@ def observe(
             jobs_by_status=lambda: status.job_counts(engine),
             deliveries_by_state=lambda: status.delivery_counts(engine),
             open_runs=lambda: len(bridge.sink.open_runs()),
+            quarantined=lambda: len(quarantined_jobs(bridge)),
         )
     )
     if settings.http_port is None:
