@@ -86,18 +86,24 @@ def _json_object(text: str, what: str) -> Json:
     return body
 
 
-def _page(body: Json, what: str) -> tuple[list[Json], bool]:
+def _page(
+    body: Json, what: str, id_problem: Callable[[object], str | None] = limits.id_problem
+) -> tuple[list[Json], bool]:
     data = body.get("data")
     if not isinstance(data, list):
         raise SourceUnavailable(f"{what}: the answer has no list of data")
     items = [
         limits.clean_item(item)
         for item in data
-        if isinstance(item, dict) and limits.id_problem(item.get("id")) is None
+        if isinstance(item, dict) and id_problem(item.get("id")) is None
     ]
     if len(items) != len(data):
         log.warning("api.items_skipped", what=what, skipped=len(data) - len(items))
     return items, body.get("has_more") is True
+
+
+def _any_string_id(value: object) -> str | None:
+    return None if isinstance(value, str) and value else "no string id"
 
 
 class OpenAISource:
@@ -150,12 +156,18 @@ class OpenAISource:
         except openai.OpenAIError as error:
             raise translate(error, what) from None
 
-    def _paged(self, what: str, fetch: Callable[[str | None], Any]) -> Iterator[list[Json]]:
+    def _paged(
+        self,
+        what: str,
+        fetch: Callable[[str | None], Any],
+        id_problem: Callable[[object], str | None] = limits.id_problem,
+    ) -> Iterator[list[Json]]:
         walk = PageWalk(what, self.max_pages, self.stopping)
         after: str | None = None
         while True:
             walk.before_page(after)
-            items, has_more = _page(self._call(what, functools.partial(fetch, after)), what)
+            body = self._call(what, functools.partial(fetch, after))
+            items, has_more = _page(body, what, id_problem)
             yield walk.new_items(items, has_more)
             if not has_more or not items:
                 return
@@ -192,7 +204,9 @@ class OpenAISource:
                 metadata=self._metadata if self._metadata else openai.omit,
             )
 
-        return self._accepted_jobs(self._paged("list jobs", fetch))
+        # Every job with a string id is kept here, so that a bad one is quarantined with
+        # its reason (``_accepts``) rather than skipped unsaid.
+        return self._accepted_jobs(self._paged("list jobs", fetch, _any_string_id))
 
     def get_job(self, job_id: str) -> Json:
         problem = limits.run_id_problem(job_id)
