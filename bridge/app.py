@@ -40,10 +40,15 @@ def wandb_options(settings: Settings) -> WandbOptions:
 
 
 def build_bridge(
-    settings: Settings, environ: Mapping[str, str] | None = None
+    settings: Settings,
+    environ: Mapping[str, str] | None = None,
+    *,
+    job_budget: float | None = None,
 ) -> Bridge | BridgeGroup:
     """One ``Bridge`` for one source; a ``BridgeGroup`` for the TOML file's ``[[sources]]``.
-    ``environ`` is where ``api_key_env`` names are looked up (the process environment)."""
+    ``environ`` is where ``api_key_env`` names are looked up (the process environment);
+    ``job_budget``: seconds a cycle waits for one job's reads (the daemon's; None for a
+    one-shot sync, which waits for every job)."""
     configs = source_configs(settings)
     routes = routes_of(settings)
     env = os.environ if environ is None else environ
@@ -92,8 +97,23 @@ def build_bridge(
         bridge.fetch_workers = settings.fetch_workers
         bridge.prices = price_table
         bridge.dataset_rows = settings.dataset_sample_rows if settings.log_datasets else 0
+        bridge.job_budget = job_budget
         bridges.append(bridge)
-    return bridges[0] if len(bridges) == 1 else BridgeGroup(bridges)
+    built = bridges[0] if len(bridges) == 1 else BridgeGroup(bridges)
+    for bridge, source in zip(bridges, sources, strict=True):
+        # Every walk over the API's pages is bounded and ends when the bridge stops.
+        source.stopping = bridge.stopping
+        source.max_pages = settings.max_pages
+    return built
+
+
+def quarantined_jobs(bridge: Bridge | BridgeGroup) -> dict[str, str]:
+    """Job ids left out by every source (id -> reason)."""
+    bridges = bridge.bridges if isinstance(bridge, BridgeGroup) else [bridge]
+    found: dict[str, str] = {}
+    for one in bridges:
+        found.update(getattr(one.source, "quarantined", {}))
+    return found
 
 
 def observe(
@@ -113,6 +133,7 @@ def observe(
             jobs_by_status=lambda: status.job_counts(engine),
             deliveries_by_state=lambda: status.delivery_counts(engine),
             open_runs=lambda: len(bridge.sink.open_runs()),
+            quarantined=lambda: len(quarantined_jobs(bridge)),
         )
     )
     if settings.http_port is None:

@@ -33,7 +33,8 @@ from bridge.notify import targets_of
 from bridge.settings import Settings, load_settings
 from bridge.source_openai import translate
 from bridge.store import SqlStore
-from bridge.webhooks import Targets, check_url
+from bridge.webhooks import ChatTarget, Targets, check_url
+from bridge.webhooks.egress import chat_host
 from bridge.webhooks.ssrf import Resolver, system_resolver
 
 Outcome = Literal["OK", "FAIL", "SKIP"]
@@ -141,7 +142,23 @@ def check_targets(targets: Targets, resolve: Resolver = system_resolver) -> Iter
         private = " (private addresses allowed)" if targets.allow_private else ""
         yield ok(name, f"{host} resolves to {checked.ip}{private}")
     for chat in targets.chats:
-        yield ok(f"chat {chat.name}", "a valid Apprise URL (not sent to: no message is sent)")
+        yield _check_chat(chat, targets.allow_private, resolve)
+
+
+def _check_chat(chat: ChatTarget, allow_private: bool, resolve: Resolver) -> Row:
+    """The host a chat URL names goes through the same SSRF check as a webhook's; a
+    service's own host (``slack://TOKEN``) is checked where Apprise connects."""
+    name = f"chat {chat.name}"
+    host = chat_host(chat.url.get_secret_value())
+    if host is None:
+        return ok(name, "a valid Apprise URL; its connections pass the SSRF guard when sent")
+    shown = f"[{host}]" if ":" in host else host
+    try:
+        checked = check_url(f"http://{shown}/", allow_private=allow_private, resolve=resolve)
+    except BridgeError as error:
+        return fail(name, _reason(error))
+    private = " (private addresses allowed)" if allow_private else ""
+    return ok(name, f"{host} resolves to {checked.ip}{private} (no message is sent)")
 
 
 def check_store(database_url: str) -> Row:

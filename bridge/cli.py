@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import threading
 from collections.abc import Sequence
@@ -18,13 +19,13 @@ from bridge.check import run_check
 from bridge.daemon import install_signal_handlers, run_daemon
 from bridge.demo import run_demo
 from bridge.engine import Bridge, CycleStats
-from bridge.errors import BridgeError, ConfigError, JobNotFound, StoreUnavailable
+from bridge.errors import BridgeError, ConfigError, Interrupted, JobNotFound, StoreUnavailable
 from bridge.group import BridgeGroup
 from bridge.logs import configure_logging
 from bridge.notify import targets_of
 from bridge.ports import JobState
-from bridge.settings import Settings, load_settings
-from bridge.status import run_status
+from bridge.settings import Settings, load_settings, unknown_variables
+from bridge.status import open_store, run_status
 from bridge.store import SqlStore, create_db_engine
 
 log = structlog.get_logger(__name__)
@@ -121,8 +122,20 @@ def _operator_parsers(commands: argparse._SubParsersAction[argparse.ArgumentPars
     probe.add_argument("--url", help="default: /readyz on FTBRIDGE_HTTP_HOST:FTBRIDGE_HTTP_PORT")
 
 
+#: The conventional exit code of a process stopped by Ctrl-C (128 + SIGINT).
+INTERRUPTED = 130
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    try:
+        return _command(args)
+    except KeyboardInterrupt:  # Ctrl-C before the signal handlers are in place
+        print("ftbridge: interrupted", file=sys.stderr)
+        return INTERRUPTED
+
+
+def _command(args: argparse.Namespace) -> int:
     try:
         if args.command == "demo":
             return _demo(args)
@@ -152,9 +165,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _configure(settings: Settings) -> None:
     secrets = settings.secrets() + targets_of(settings).secrets()
     configure_logging(level=settings.log_level, fmt=settings.log_format, secrets=secrets)
+    for line in unknown_variables(os.environ):
+        log.warning("settings.unknown_variable", detail=line)
 
 
-def _build_when_reachable(settings: Settings) -> Bridge | BridgeGroup | None:
+def _build_when_reachable(
+    settings: Settings, *, job_budget: float | None = None
+) -> Bridge | BridgeGroup | None:
     """Build the bridge, waiting while the database does not answer (a server restarting,
     a network blip) instead of exiting into a crash loop; None if told to stop meanwhile."""
     stop = threading.Event()
@@ -162,7 +179,7 @@ def _build_when_reachable(settings: Settings) -> Bridge | BridgeGroup | None:
     delay = 1.0
     while True:
         try:
-            return build_bridge(settings)
+            return build_bridge(settings, job_budget=job_budget)
         except StoreUnavailable as error:
             if delay == 1.0:
                 log.warning("store.unreachable", error=str(error), detail="waiting for it")
@@ -172,28 +189,50 @@ def _build_when_reachable(settings: Settings) -> Bridge | BridgeGroup | None:
 
 
 def _run(settings: Settings) -> int:
-    bridge = _build_when_reachable(settings)
+    bridge = _build_when_reachable(settings, job_budget=settings.job_time_budget)
     if bridge is None:
         return 0
     metrics, server = observe(settings, bridge)
+    cycle_left = threading.Event()
     try:
         if server is not None:
             server.start()
-        return run_daemon(
+        code = run_daemon(
             bridge,
             interval=settings.poll_interval,
             backoff_max=settings.backoff_max,
             shutdown_timeout=settings.shutdown_timeout,
             metrics=metrics,
+            left_running=cycle_left,
         )
     finally:
         if server is not None:
             server.stop()
         bridge.store.close()
+    return _leave(code, cycle_left.is_set())
+
+
+def _leave(code: int, cycle_left: bool = False) -> int:
+    """Exit now when a cycle or an API read is still under way (a slow or hostile API): the
+    interpreter would wait for its thread, past the shutdown timeout. Its job was left
+    unsynced in the store and is read again at the next start."""
+    readers = [t for t in threading.enumerate() if t.name.startswith("ftbridge-fetch")]
+    for thread in readers:
+        thread.join(timeout=0.2)
+    stuck = [t.name for t in readers if t.is_alive()]
+    if stuck or cycle_left:
+        log.warning("shutdown.reads_abandoned", readers=len(stuck), cycle=cycle_left)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def _db(settings: Settings, action: str) -> int:
+    # ``current`` only looks: it never creates a database at a mistyped path.
     store = SqlStore(settings.database_url) if action == "upgrade" else None
+    if store is None:
+        open_store(settings.database_url).close()
     engine = store.engine if store else create_db_engine(settings.database_url)
     try:
         print(
@@ -217,15 +256,23 @@ def _sync(settings: Settings, args: argparse.Namespace) -> int:
     if bool(args.all) == bool(args.jobs):
         raise ConfigError("sync takes either --all or one or more job ids")
     bridge = build_bridge(settings)
+    # SIGTERM and Ctrl-C stop the walk over the API's pages and the wait for jobs; the runs
+    # opened so far are finished before the exit (code 130).
+    install_signal_handlers(bridge.stopping)
     if bridge.dispatcher is not None:
         bridge.dispatcher.start()
     try:
         stats = sync_once(bridge, None if args.all else list(args.jobs))
+    except Interrupted:
+        stats = CycleStats(errors=["interrupted"])
     finally:
         if bridge.dispatcher is not None:
             # One round of attempts; what is left is delivered by the daemon.
             bridge.dispatcher.stop(timeout=settings.webhook_timeout)
         bridge.store.close()
+    if bridge.stopping.is_set():
+        log.warning("sync.interrupted", jobs=stats.jobs_seen, rows_logged=stats.rows_logged)
+        return _leave(INTERRUPTED)
     log.info("sync.done", jobs=stats.jobs_seen, rows_logged=stats.rows_logged)
     return 1 if stats.errors else 0
 

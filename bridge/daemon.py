@@ -119,9 +119,11 @@ def run_daemon(
     stop: threading.Event | None = None,
     until: Callable[[], bool] | None = None,
     metrics: BridgeMetrics | None = None,
+    left_running: threading.Event | None = None,
 ) -> int:
     """Poll until ``stop`` is set (SIGTERM/SIGINT) or ``until()`` is true; then finish every
-    open run within ``shutdown_timeout`` and return the exit code."""
+    open run within ``shutdown_timeout`` and return the exit code. ``left_running`` is set
+    when a cycle was still under way at the deadline (the caller may then exit at once)."""
     stop = stop or threading.Event()
     install_signal_handlers(stop)
     bridge.recover()
@@ -153,7 +155,7 @@ def run_daemon(
     deadline = time.monotonic() + shutdown_timeout
     bridge.stopping.set()
     scheduler.shutdown(wait=False)
-    code = _drain(bridge, poller, deadline)
+    code = _drain(bridge, poller, deadline, left_running)
     if bridge.dispatcher is not None:
         # What is not delivered stays in the outbox for the next start.
         bridge.dispatcher.stop(timeout=max(1.0, deadline - time.monotonic()))
@@ -204,9 +206,16 @@ class LeaseKeeper:
             log.info("leases.released")
 
 
-def _drain(bridge: Bridge | BridgeGroup, poller: Poller, deadline: float) -> int:
+def _drain(
+    bridge: Bridge | BridgeGroup,
+    poller: Poller,
+    deadline: float,
+    left_running: threading.Event | None = None,
+) -> int:
     if not poller.busy.acquire(timeout=max(0.0, deadline - time.monotonic() - 5.0)):
         log.warning("shutdown.cycle_still_running", detail="runs are repaired at next start")
+        if left_running is not None:
+            left_running.set()
         return 0
     try:
         bridge.close_runs(deadline=time.time() + max(0.0, deadline - time.monotonic()))

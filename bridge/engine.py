@@ -18,15 +18,17 @@ The cursor rules that make it lossless, as the W&B server sees it:
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import structlog
 
 from bridge import mapping, prices, routing
+from bridge.budget import JobBudget, ReadsInFlight
 from bridge.errors import JobNotFound, RetryableError, SinkUnavailable
 from bridge.leases import Leases
 from bridge.mapping import WandbDefaults
@@ -100,6 +102,9 @@ class Bridge:
         self.refresh_after = 60.0
         self._retrying: set[str] = set()
         self.fetch_workers = 4
+        # Seconds a cycle waits for one job's API reads (None: as long as they take).
+        self.job_budget: float | None = None
+        self._reads = ReadsInFlight()
         # Rows of the training/validation files sampled into a dataset artifact; 0 = off.
         self.dataset_rows = 0
         self.prices: Mapping[str, float] = prices.DEFAULT_PRICES
@@ -239,9 +244,16 @@ class Bridge:
             return
         pool = ThreadPoolExecutor(max(1, self.fetch_workers), thread_name_prefix="ftbridge-fetch")
         refused: list[SinkUnavailable] = []
+        budget: JobBudget[tuple[int, JobState]] = JobBudget(
+            self.job_budget, self.stopping, self._reads
+        )
         try:
-            futures = {pool.submit(self._fetch, state): state for state in claimed}
-            for future in as_completed(futures):
+            futures = {
+                budget.submit(pool, state.job_id, functools.partial(self._fetch, state)): state
+                for state in claimed
+                if not budget.busy(state.job_id)  # still read by an earlier cycle
+            }
+            for future in budget.completed():
                 if self.stopping.is_set():
                     return
                 state = futures[future]
@@ -264,7 +276,9 @@ class Bridge:
                 else:
                     self._retrying.discard(state.job_id)
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            # Reads left behind (a slow job, a stop) finish in the background.
+            late = bool(budget.abandoned) or self.stopping.is_set()
+            pool.shutdown(wait=not late, cancel_futures=True)
         if refused and len(refused) == len(claimed):
             # W&B took nothing: fail the cycle, so that the daemon backs off instead of
             # trying every job again (each up to the init timeout) on every cycle.

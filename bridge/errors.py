@@ -47,3 +47,14 @@ class JobNotFound(BridgeError):
 
 class SinkUnavailable(RetryableError):
     """W&B did not take the run; it is tried again on a later cycle."""
+
+
+class EndlessPaging(SourceUnavailable):
+    """The API's pages do not end (a repeated cursor, only ids already seen, or more pages
+    than the bridge reads per job and cycle); the job is tried again later."""
+
+    kind = "bad_response"
+
+
+class Interrupted(RetryableError):
+    """The bridge is stopping: the work is left for the next start."""

@@ -8,18 +8,24 @@ One small HTTP server in a background thread (off unless ``FTBRIDGE_HTTP_PORT`` 
 - ``/metrics``: the Prometheus text of :class:`bridge.metrics.BridgeMetrics`.
 
 The server knows nothing of the engine: it is given the metrics registry and a readiness
-callable (:class:`CycleReadiness` is the daemon's). :func:`probe` is what the container's
+callable (:class:`CycleReadiness` is the daemon's). It holds no socket for long: a request must
+arrive whole within ``REQUEST_SECONDS`` (a slow-loris client is cut off), at most
+``MAX_CONNECTIONS`` are served at once (more are closed at once), one request per connection,
+and a client that hangs up is a debug line, never a traceback. :func:`probe` is what the container's
 ``HEALTHCHECK`` runs (``ftbridge health`` or ``python -m bridge.health``): GET ``/readyz``,
 exit 0 or 1 with one line saying why.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import socket
 import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +46,12 @@ log = structlog.get_logger(__name__)
 #: Added to three poll intervals before a quiet poll loop counts as stuck.
 READY_GRACE_SECONDS = 60.0
 PROBE_TIMEOUT = 5.0
+#: Seconds a client has to send its whole request, and connections served at once.
+REQUEST_SECONDS = 5.0
+MAX_CONNECTIONS = 16
+#: The body of a probe's answer read at most (a readiness answer is a few hundred bytes).
+_PROBE_BODY_LIMIT = 65_536
+_CLIENT_GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, TimeoutError)
 
 
 @dataclass(frozen=True)
@@ -119,22 +131,77 @@ def _one_line(error: BaseException) -> str:
     return lines[0] if lines else type(error).__name__
 
 
+class _DeadlineReader(io.RawIOBase):
+    """A socket read that must be done by a deadline: each read waits only for what is
+    left of it, so that a client sending one byte at a time cannot hold the connection."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self._sock = sock
+        self._deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request took too long to arrive")
+        self._sock.settimeout(left)
+        return self._sock.recv_into(buffer)
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 64
 
     def __init__(
         self, address: tuple[str, int], registry: CollectorRegistry, readiness: Readiness
     ) -> None:
         self.registry = registry
         self.readiness = readiness
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self.turned_away = 0
         super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.turned_away += 1
+            if self.turned_away == 1 or self.turned_away % 1000 == 0:
+                log.warning("health.too_many_connections", limit=MAX_CONNECTIONS)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """One line, never a traceback into the logs; a client gone is only a debug line."""
+        error = sys.exc_info()[1]
+        if isinstance(error, _CLIENT_GONE):
+            log.debug("health.client_gone", error=type(error).__name__)
+        else:
+            log.warning("health.request_failed", error=_one_line(error or Exception()))
 
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     server_version = "ftbridge"
     sys_version = ""
+    timeout = REQUEST_SECONDS
+
+    def setup(self) -> None:
+        super().setup()
+        deadline = time.monotonic() + REQUEST_SECONDS
+        self.rfile = io.BufferedReader(_DeadlineReader(self.connection, deadline))
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
@@ -165,6 +232,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, json.dumps(body).encode(), "application/json")
 
     def _send(self, status: HTTPStatus, body: bytes, content_type: str) -> None:
+        self.connection.settimeout(REQUEST_SECONDS)  # a client that does not read
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -243,20 +311,59 @@ def readyz_url(host: str, port: int) -> str:
     return f"http://{local_host(host)}:{port}/readyz"
 
 
+def url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be the health endpoint (only http and https), or None."""
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        return f"{url!r} is not an http:// or https:// URL"
+    try:
+        parsed.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        return f"{url!r} has no valid port"
+    return None
+
+
 def probe(url: str, *, timeout: float = PROBE_TIMEOUT) -> int:
-    """GET ``url`` (``/readyz``); 0 when it answers 200, else 1 with one line on stderr."""
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    """GET ``url`` (``/readyz``); 0 when it answers 200 with the bridge's readiness answer,
+    else 1 with one line on stderr."""
+    problem = url_problem(url)
+    if problem is not None:
+        print(f"ftbridge: {problem}", file=sys.stderr)
+        return 2
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
     try:
         with opener.open(url, timeout=timeout) as response:
-            response.read()
+            body = response.read(_PROBE_BODY_LIMIT)
+        if not _is_ready_answer(body):
+            print(
+                f"ftbridge: {url} answered, but not with the bridge's readiness answer "
+                '({"status": "ready", ...}): is it the /readyz of ftbridge?',
+                file=sys.stderr,
+            )
+            return 1
         return 0
     except urllib.error.HTTPError as error:
-        reason = _reason_of(error.read()) or f"HTTP {error.code}"
+        reason = _reason_of(error.read(_PROBE_BODY_LIMIT)) or f"HTTP {error.code}"
         print(f"ftbridge: not ready: {reason}", file=sys.stderr)
     except (urllib.error.URLError, OSError) as error:
         why = getattr(error, "reason", None) or error
         print(f"ftbridge: health endpoint {url} does not answer: {why}", file=sys.stderr)
     return 1
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A redirect is an answer of its own (not followed): the bridge never sends one."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def _is_ready_answer(body: bytes) -> bool:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(data, dict) and data.get("status") == "ready"
 
 
 def _reason_of(body: bytes) -> str | None:

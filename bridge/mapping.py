@@ -1,15 +1,18 @@
 """Pure mapping from fine-tuning API objects (plain JSON dicts) to what W&B is given.
 
 No I/O here. Every function takes what the API returned, tolerates missing keys and wrong
-types, and never raises on bad input: a field that cannot be read is left out.
+types, and never raises on bad input: a field that cannot be read is left out, and a value the
+store or W&B could not hold (a step of 10**30, a metric name of a megabyte, a job id W&B
+refuses) is refused here, by the bounds of :mod:`bridge.limits`.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from bridge import limits
 
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 MAX_TAG_LENGTH = 64
@@ -264,28 +267,30 @@ def alert_text(job: Mapping[str, Any]) -> tuple[str, str]:
 
 
 def should_write_run(job: Mapping[str, Any], native_mode: NativeMode) -> bool:
-    """Jobs with their own W&B integration are written by OpenAI itself unless mirroring."""
+    """Jobs with their own W&B integration are written by OpenAI itself unless mirroring; a
+    job whose id cannot be a W&B run id is never written."""
+    if limits.run_id_problem(job.get("id")) is not None:
+        return False
     return native_mode == "mirror" or wandb_integration(job) is None
 
 
-def _number(value: object) -> float | None:
-    if isinstance(value, int | float):  # bool is an int: True -> 1.0
-        try:
-            return float(value)
-        except OverflowError:  # an int too large for a float
-            return math.inf if value > 0 else -math.inf
-    return None
-
-
-def flatten_metrics(data: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, float]]:
-    """Numeric leaves of ``data`` as ``a/b/c`` keys; lists of dicts keyed by their ``name``."""
+def flatten_metrics(
+    data: Mapping[str, Any], prefix: str = "", depth: int = 0
+) -> Iterator[tuple[str, float]]:
+    """Numeric leaves of ``data`` as ``a/b/c`` keys; lists of dicts keyed by their ``name``.
+    Names W&B keeps for itself (``_step``, ``_runtime``: a leading underscore) or longer than
+    ``limits.MAX_METRIC_NAME`` are left out, and so is nesting deeper than ``limits.MAX_DEPTH``."""
+    if depth >= limits.MAX_DEPTH:
+        return
     for key, value in data.items():
         name = f"{prefix}{key}"
-        number = _number(value)
+        if len(name) > limits.MAX_METRIC_NAME or str(key).startswith("_"):
+            continue
+        number = limits.metric_value(value)
         if number is not None:
             yield name, number
         elif isinstance(value, Mapping):
-            yield from flatten_metrics(value, f"{name}/")
+            yield from flatten_metrics(value, f"{name}/", depth + 1)
         elif isinstance(value, list):
             for index, item in enumerate(value):
                 if isinstance(item, Mapping):
@@ -293,7 +298,7 @@ def flatten_metrics(data: Mapping[str, Any], prefix: str = "") -> Iterator[tuple
                     label = _str(item.get("name"))
                     rest = {k: v for k, v in item.items() if k != "name"}
                     where = f"{prefix}{label}/" if label else f"{name}/{index}/"
-                    yield from flatten_metrics(rest, where)
+                    yield from flatten_metrics(rest, where, depth + 1)
 
 
 def step_of(event: Mapping[str, Any]) -> int | None:
@@ -303,12 +308,21 @@ def step_of(event: Mapping[str, Any]) -> int | None:
     data = event.get("data")
     if not isinstance(data, Mapping):
         return None
-    step = data.get("step")
-    if isinstance(step, bool) or not isinstance(step, int | float):
+    return limits.step(data.get("step"))
+
+
+def step_problem(event: Mapping[str, Any]) -> str | None:
+    """Why a metrics event gives no history row, or None when it gives one (or is no
+    metrics event)."""
+    if event.get("type") != "metrics":
         return None
-    if not math.isfinite(step) or step < 0 or step != int(step):
-        return None
-    return int(step)
+    data = event.get("data")
+    if not isinstance(data, Mapping):
+        return "its data is not an object"
+    if step_of(event) is None:
+        shown = limits.truncate(repr(data.get("step")), 40)
+        return f"step {shown} is not an int in [0, {limits.MAX_STEP})"
+    return None
 
 
 _NOT_METRICS = frozenset({"step", "total_steps"})
@@ -320,7 +334,12 @@ def metric_row(event: Mapping[str, Any]) -> MetricRow | None:
     if step is None:
         return None
     data = event["data"]
-    values = {k: v for k, v in flatten_metrics(data) if k not in _NOT_METRICS}
+    values: dict[str, float] = {}
+    for key, value in flatten_metrics(data):
+        if key not in _NOT_METRICS:
+            values[key] = value
+            if len(values) >= limits.MAX_ROW_KEYS:
+                break
     return MetricRow(step=step, values=values)
 
 
@@ -336,13 +355,14 @@ def total_steps(event: Mapping[str, Any]) -> int | None:
     data = event.get("data")
     if isinstance(data, Mapping):
         value = data.get("total_steps")
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
+        if isinstance(value, int):
+            return limits.step(value)
     return None
 
 
 def run_summary(job: Mapping[str, Any]) -> dict[str, Any]:
-    """What the run's summary says of the job: status, model, tokens, end, and any error."""
+    """What the run's summary says of the job: status, model, tokens, end, and any error.
+    Strings are cut to ``limits.MAX_OUT_TEXT`` characters (a 2 MB error message too)."""
     summary: dict[str, Any] = {"status": job.get("status")}
     for key in ("fine_tuned_model", "trained_tokens", "finished_at", "estimated_finish"):
         value = job.get(key)
@@ -355,4 +375,13 @@ def run_summary(job: Mapping[str, Any]) -> dict[str, Any]:
         summary["error_message"] = error.get("message")
         if error.get("param"):
             summary["error_param"] = error.get("param")
-    return summary
+    return {key: _summary_value(value) for key, value in summary.items()}
+
+
+def _summary_value(value: object) -> object:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value if -limits.MAX_INT64 <= value < limits.MAX_INT64 else None
+    if isinstance(value, str | int | float | bool) or value is None:
+        return limits.cap_text(value)
+    # Only scalars belong in the summary: anything else is shown as (capped) text.
+    return limits.truncate(str(value), limits.MAX_OUT_TEXT)

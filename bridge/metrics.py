@@ -80,6 +80,8 @@ class Watched:
     jobs_by_status: Callable[[], Mapping[str, int]] | None = None
     deliveries_by_state: Callable[[], Mapping[str, int]] | None = None
     open_runs: Callable[[], int] | None = None
+    # Jobs left out because their id cannot be a W&B run id.
+    quarantined: Callable[[], int] | None = None
 
 
 class _LiveCollector(Collector):
@@ -110,6 +112,13 @@ class _LiveCollector(Collector):
         if runs is not None:
             yield GaugeMetricFamily(
                 "ftbridge_wandb_open_runs", "W&B runs this process holds open.", value=runs
+            )
+        quarantined = self._read("quarantined", w.quarantined)
+        if quarantined is not None:
+            yield GaugeMetricFamily(
+                "ftbridge_jobs_quarantined",
+                "Jobs left out because their id cannot be a W&B run id.",
+                value=quarantined,
             )
 
     def _read(self, name: str, read: Callable[[], T] | None) -> T | None:

@@ -20,20 +20,29 @@ class ResultFileError(ValueError):
 
 
 def decode(content: bytes) -> str:
-    """The CSV text: as is when it starts with its header, else decoded from base64."""
-    text = content.lstrip()
+    """The CSV text: as is when it starts with its header, else decoded from base64. A text
+    file that is neither (another header, say) is said to be so, not "not UTF-8"."""
+    text = content.lstrip().removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte order mark
     if not text.startswith(b"step,"):
         try:
-            text = base64.b64decode(text, validate=False).lstrip()
+            text = base64.b64decode(b"".join(text.split()), validate=True).lstrip()
         except (binascii.Error, ValueError):
-            raise ResultFileError("neither a CSV nor base64") from None
+            raise ResultFileError(_not_csv(text)) from None
     try:
         decoded = text.decode("utf-8")
     except UnicodeDecodeError:
-        raise ResultFileError("not UTF-8 text") from None
+        raise ResultFileError("base64, but what it holds is not UTF-8 text") from None
     if not decoded.startswith("step,"):
         raise ResultFileError("no 'step' column first in the header")
     return decoded
+
+
+def _not_csv(text: bytes) -> str:
+    try:
+        first = text.decode("utf-8").splitlines()[0] if text else ""
+    except UnicodeDecodeError:
+        return "neither a CSV (UTF-8 text) nor base64"
+    return f"neither base64 nor a CSV starting with a 'step' column (header {first[:60]!r})"
 
 
 def _value(cell: str | None) -> float | None:

@@ -8,8 +8,11 @@ The environment wins over the file.
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,6 +21,7 @@ from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
@@ -29,6 +33,18 @@ _CONFIG_ENV = "FTBRIDGE_CONFIG"
 def _sdk(name: str) -> Any:
     """A field read from an SDK's own environment variable (or its field name in TOML)."""
     return Field(default=None, validation_alias=AliasChoices(name, name.lower()))
+
+
+def _seconds(default: float, *, low: float, high: float, low_inclusive: bool = False) -> Any:
+    """A duration: a finite number of seconds within bounds (``inf`` and ``nan`` refused)."""
+    if low_inclusive:
+        return Field(default=default, ge=low, le=high, allow_inf_nan=False)
+    return Field(default=default, gt=low, le=high, allow_inf_nan=False)
+
+
+#: ``FTBRIDGE_*`` variables that are not settings but are known (no typo warning for them).
+_OTHER_VARIABLES = frozenset({"FTBRIDGE_CONFIG"})
+_IGNORED_PREFIXES = ("FTBRIDGE_TEST_",)
 
 
 class Settings(BaseSettings):
@@ -43,30 +59,34 @@ class Settings(BaseSettings):
 
     # The bridge's own settings (FTBRIDGE_*).
     database_url: str = "sqlite:///ftbridge.db"
-    poll_interval: float = Field(default=10.0, ge=0.5, le=3600)
-    request_timeout: float = Field(default=20.0, gt=0, le=600)
+    poll_interval: float = _seconds(10.0, low=0.5, high=3600, low_inclusive=True)
+    request_timeout: float = _seconds(20.0, low=0, high=600)
     max_retries: int = Field(default=2, ge=0, le=10)
-    backoff_max: float = Field(default=300.0, ge=1)
+    backoff_max: float = _seconds(300.0, low=1, high=86_400, low_inclusive=True)
     wandb_native_jobs: Literal["skip", "mirror"] = "skip"
-    wandb_init_timeout: float = Field(default=60.0, gt=0)
-    wandb_finish_timeout: float = Field(default=10.0, gt=0)
-    wandb_flush_interval: float = Field(default=1.0, gt=0, le=60)
+    wandb_init_timeout: float = _seconds(60.0, low=0, high=3600)
+    wandb_finish_timeout: float = _seconds(10.0, low=0, high=3600)
+    wandb_flush_interval: float = _seconds(1.0, low=0, high=60)
     wandb_upload_interval: int = Field(default=2, ge=1, le=300)
-    shutdown_timeout: float = Field(default=25.0, gt=0)
+    shutdown_timeout: float = _seconds(25.0, low=0, high=3600)
+    # A hostile or slow API: pages read per job and cycle, and how long a cycle waits for
+    # one job's reads before it goes on without it (the job is finished on a later cycle).
+    max_pages: int = Field(default=1_000, ge=1, le=100_000)
+    job_time_budget: float = _seconds(15.0, low=0, high=3600)
     webhook_urls: str | None = None
     webhook_secret: SecretStr | None = None
     webhook_allow_private: bool = False
-    webhook_timeout: float = Field(default=10.0, gt=0, le=120)
+    webhook_timeout: float = _seconds(10.0, low=0, high=120)
     chat_urls: SecretStr | None = None
     notify_backfill: bool = False
-    notify_final_wait: float = Field(default=120.0, ge=0, le=86400)
+    notify_final_wait: float = _seconds(120.0, low=0, high=86400, low_inclusive=True)
     webhooks: list[dict[str, Any]] = Field(default_factory=list)
     chats: list[dict[str, Any]] = Field(default_factory=list)
     # The health server (/healthz, /readyz, /metrics): off unless http_port is set.
     http_port: int | None = Field(default=None, ge=0, le=65535)
-    http_host: str = "0.0.0.0"
+    http_host: str = "127.0.0.1"
     fetch_workers: int = Field(default=4, ge=1, le=32)
-    lease_seconds: float = Field(default=30.0, ge=3, le=600)
+    lease_seconds: float = _seconds(30.0, low=3, high=600, low_inclusive=True)
     replica_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]{1,128}$")
     log_datasets: bool = False
     dataset_sample_rows: int = Field(default=100, ge=1, le=10_000)
@@ -74,6 +94,15 @@ class Settings(BaseSettings):
     filters: dict[str, Any] = Field(default_factory=dict)
     routes: list[dict[str, Any]] = Field(default_factory=list)
     prices: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("prices")
+    @classmethod
+    def _finite_prices(cls, value: dict[str, float]) -> dict[str, float]:
+        for model, price in value.items():
+            if not 0 <= price < 1e9:  # nan and inf fail this too
+                raise ValueError(f"the price of {model!r} must be a finite number >= 0")
+        return value
+
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -196,6 +225,33 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         return cls(**overrides)
     except ValidationError as error:
         raise ConfigError(_one_line(error, source)) from None
+    except SettingsError as error:  # a JSON-valued variable that is not JSON
+        raise ConfigError(_parse_error(error, source)) from None
+
+
+def _parse_error(error: SettingsError, source: str) -> str:
+    found = re.search(r'field "([^"]+)"', str(error))
+    field = found.group(1) if found else "?"
+    return f"invalid setting {env_name(field)}{source}: not valid JSON (a JSON list or object)"
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """One line per ``FTBRIDGE_*`` variable that is no setting (a typo, most likely), naming
+    the closest known one."""
+    known = {env_name(name) for name in Settings.model_fields} | _OTHER_VARIABLES
+    lines = []
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith("FTBRIDGE_") or upper in known:
+            continue
+        if upper.startswith(_IGNORED_PREFIXES):
+            continue
+        # Compared without the prefix, which every name shares.
+        tails = {k.removeprefix("FTBRIDGE_"): k for k in known if k.startswith("FTBRIDGE_")}
+        close = difflib.get_close_matches(upper.removeprefix("FTBRIDGE_"), sorted(tails), n=1)
+        hint = f"; did you mean {tails[close[0]]}?" if close else ""
+        lines.append(f"{name} is not a setting ftbridge knows (ignored){hint}")
+    return lines
 
 
 def _check_toml(path: Path) -> None:
@@ -206,5 +262,9 @@ def _check_toml(path: Path) -> None:
         raise ConfigError(f"config file {path} does not exist") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte {error.start}): TOML files are UTF-8"
+        ) from None
     except OSError as error:
         raise ConfigError(f"config file {path} cannot be read: {error.strerror}") from None

@@ -2,26 +2,46 @@
 OpenAI-compatible endpoint).
 
 Responses are read as plain JSON so that fields the SDK does not know, and values of the
-wrong type, reach the mapping code untouched; the SDK still does the HTTP, the retries and
-the timeouts.
+wrong type, reach the mapping code; the SDK still does the HTTP, the retries and the timeouts.
+
+What a hostile API can send is bounded here, before anything is stored: every walk over pages
+is a :class:`bridge.paging.PageWalk` (repeated cursors and pages that never end stop it, and so
+does the stop event), items whose id cannot be stored are skipped, strings and numbers are
+brought within :mod:`bridge.limits`, and jobs whose id is not a W&B run id are quarantined:
+left out, logged once with the reason, counted in ``quarantined``.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import openai
 import structlog
 
-from bridge.errors import BridgeError, JobNotFound, SourceRejected, SourceUnavailable
+from bridge import limits
+from bridge.errors import (
+    BridgeError,
+    EndlessPaging,
+    JobNotFound,
+    SourceRejected,
+    SourceUnavailable,
+)
+from bridge.paging import DEFAULT_MAX_PAGES, PageWalk
 from bridge.ports import Json
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 PAGE_SIZE = 100
+#: Quarantined job ids remembered (and reported) per source.
+MAX_QUARANTINED = 1_000
+
+
+class JobQuarantined(JobNotFound):
+    """The job's id cannot be a W&B run id: the job is left out, never tried again."""
 
 
 def _retry_after(error: openai.APIStatusError) -> float | None:
@@ -59,19 +79,31 @@ def _json_object(text: str, what: str) -> Json:
         body = json.loads(text)
     except ValueError:
         raise SourceUnavailable(f"{what}: the answer is not JSON") from None
+    except RecursionError:
+        raise SourceUnavailable(f"{what}: the answer is JSON nested too deep") from None
     if not isinstance(body, dict):
         raise SourceUnavailable(f"{what}: the answer is not a JSON object")
     return body
 
 
-def _page(body: Json, what: str) -> tuple[list[Json], bool]:
+def _page(
+    body: Json, what: str, id_problem: Callable[[object], str | None] = limits.id_problem
+) -> tuple[list[Json], bool]:
     data = body.get("data")
     if not isinstance(data, list):
         raise SourceUnavailable(f"{what}: the answer has no list of data")
-    items = [item for item in data if isinstance(item, dict) and isinstance(item.get("id"), str)]
+    items = [
+        limits.clean_item(item)
+        for item in data
+        if isinstance(item, dict) and id_problem(item.get("id")) is None
+    ]
     if len(items) != len(data):
         log.warning("api.items_skipped", what=what, skipped=len(data) - len(items))
-    return items, bool(body.get("has_more"))
+    return items, body.get("has_more") is True
+
+
+def _any_string_id(value: object) -> str | None:
+    return None if isinstance(value, str) and value else "no string id"
 
 
 class OpenAISource:
@@ -87,6 +119,12 @@ class OpenAISource:
         self.name = name
         self._client = client
         self._metadata = metadata
+        # Set by the wiring to the bridge's stop event: every walk over pages honours it.
+        self.stopping: threading.Event | None = None
+        self.max_pages = DEFAULT_MAX_PAGES
+        # Job ids refused (id -> reason); each is logged once.
+        self.quarantined: dict[str, str] = {}
+        self._endless_listing_said = False
 
     @classmethod
     def create(
@@ -118,14 +156,43 @@ class OpenAISource:
         except openai.OpenAIError as error:
             raise translate(error, what) from None
 
-    def _paged(self, what: str, fetch: Callable[[str | None], Any]) -> Iterator[list[Json]]:
+    def _paged(
+        self,
+        what: str,
+        fetch: Callable[[str | None], Any],
+        id_problem: Callable[[object], str | None] = limits.id_problem,
+    ) -> Iterator[list[Json]]:
+        walk = PageWalk(what, self.max_pages, self.stopping)
         after: str | None = None
         while True:
-            items, has_more = _page(self._call(what, functools.partial(fetch, after)), what)
-            yield items
+            walk.before_page(after)
+            body = self._call(what, functools.partial(fetch, after))
+            items, has_more = _page(body, what, id_problem)
+            yield walk.new_items(items, has_more)
             if not has_more or not items:
                 return
             after = items[-1]["id"]
+
+    def _accepted_jobs(self, pages: Iterator[list[Json]]) -> Iterator[list[Json]]:
+        """Jobs whose id can be a W&B run id; an endless listing ends (once said): jobs off
+        the pages are fetched one by one, so a cut listing loses nothing already known."""
+        try:
+            for page in pages:
+                yield [job for job in page if self._accepts(job)]
+        except EndlessPaging as error:
+            emit = log.debug if self._endless_listing_said else log.warning
+            self._endless_listing_said = True
+            emit("api.listing_cut", source=self.name, error=str(error))
+
+    def _accepts(self, job: Json) -> bool:
+        job_id = job["id"]
+        problem = limits.run_id_problem(job_id)
+        if problem is None:
+            return True
+        if job_id not in self.quarantined and len(self.quarantined) < MAX_QUARANTINED:
+            self.quarantined[job_id] = problem
+            log.warning("job.quarantined", source=self.name, job_id=job_id[:80], reason=problem)
+        return False
 
     def job_pages(self) -> Iterator[list[Json]]:
         jobs = self._client.fine_tuning.jobs.with_raw_response
@@ -137,11 +204,20 @@ class OpenAISource:
                 metadata=self._metadata if self._metadata else openai.omit,
             )
 
-        return self._paged("list jobs", fetch)
+        # Every job with a string id is kept here, so that a bad one is quarantined with
+        # its reason (``_accepts``) rather than skipped unsaid.
+        return self._accepted_jobs(self._paged("list jobs", fetch, _any_string_id))
 
     def get_job(self, job_id: str) -> Json:
+        problem = limits.run_id_problem(job_id)
+        if problem is not None:
+            raise JobQuarantined(f"job {job_id[:80]!r}: {problem}")
         jobs = self._client.fine_tuning.jobs.with_raw_response
-        return self._call(f"job {job_id}", lambda: jobs.retrieve(job_id))
+        what = f"job {job_id}"
+        job = self._call(what, lambda: jobs.retrieve(job_id))
+        if job.get("id") != job_id:
+            raise SourceUnavailable(f"{what}: the answer is not this job")
+        return limits.clean_item(job)
 
     def checkpoints(self, job_id: str) -> list[Json]:
         checkpoints = self._client.fine_tuning.jobs.checkpoints.with_raw_response

@@ -7,9 +7,10 @@ import json
 import time
 from dataclasses import asdict
 
-from bridge.errors import ConfigError
+from bridge.errors import BridgeError, ConfigError
 from bridge.notify import targets_of
 from bridge.settings import Settings
+from bridge.status import open_store
 from bridge.store import SqlStore
 from bridge.webhooks import enable_target, recent, replay, send_test
 
@@ -47,7 +48,10 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     action = args.webhooks_command
     if action == "test":
         return _test(settings, args.target)
-    store = SqlStore(settings.database_url)
+    if action == "enable":
+        _known_target(settings, args.name)
+    # Never creates a database: a mistyped FTBRIDGE_DATABASE_URL is said, not filled.
+    store = open_store(settings.database_url)
     try:
         if action == "list":
             return _list(store, args)
@@ -55,7 +59,10 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             ident: str | int = int(args.id) if args.id.isdigit() else args.id
             count = replay(store.engine, ident)
             if not count:
-                raise ConfigError(f"no delivery or event {args.id!r} to replay")
+                raise BridgeError(
+                    f"no delivery or event {args.id!r} to replay (a delivery number or an "
+                    "evt_... id from `ftbridge webhooks list`)"
+                )
             print(f"queued {count} delivery(ies) again")
             return 0
         count = enable_target(store.engine, args.name)
@@ -63,6 +70,13 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         return 0
     finally:
         store.close()
+
+
+def _known_target(settings: Settings, name: str) -> None:
+    names = [target.name for target in targets_of(settings)]
+    if name not in names:
+        known = ", ".join(repr(n) for n in names) or "none configured"
+        raise BridgeError(f"no webhook or chat target named {name!r} (targets: {known})")
 
 
 def _list(store: SqlStore, args: argparse.Namespace) -> int:

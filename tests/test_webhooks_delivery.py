@@ -382,7 +382,7 @@ def test_send_test_pings_a_webhook_and_a_chat() -> None:
         evt, result = send_test(hook_target, allow_private=True)
         assert result.ok, result
         chat_target = chat_targets(chat).chats[0]
-        _, chat_result = send_test(chat_target)
+        _, chat_result = send_test(chat_target, allow_private=True)
         assert chat_result.ok, chat_result
     (request,) = hook.received
     assert request.verified and request.webhook_id == evt.id

@@ -4,7 +4,8 @@
 - ``retry``: a network error, a timeout, a 3xx (redirects are not followed), 429, 5xx or any
   other answer; ``retry_after`` carries the server's ``Retry-After``.
 - ``disable``: 410 Gone; the target is disabled until enabled again.
-- ``refused``: the SSRF guard refused the target's address; never retried.
+- ``refused``: the SSRF guard refused the target's address; never retried. Chat targets go
+  through the same rule where Apprise connects (:mod:`bridge.webhooks.egress`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import apprise
 import httpx
 import structlog
 
+from bridge.webhooks.egress import guarded
 from bridge.webhooks.events import WebhookEvent, chat_message, chat_severity
 from bridge.webhooks.schedule import parse_retry_after
 from bridge.webhooks.signing import signed_headers
@@ -131,22 +133,34 @@ class HttpSender:
 
     def send_chat(self, target: ChatTarget, event: WebhookEvent) -> AttemptResult:
         started = time.monotonic()
-        result = _notify(target, event)
+        result = _notify(target, event, allow_private=self.allow_private, timeout=self.timeout)
         return _with_duration(result, time.monotonic() - started)
 
 
-def _notify(target: ChatTarget, event: WebhookEvent) -> AttemptResult:
+def _notify(
+    target: ChatTarget, event: WebhookEvent, *, allow_private: bool, timeout: float
+) -> AttemptResult:
     title, body = chat_message(event)
     notifier = apprise.Apprise()
     if not notifier.add(target.url.get_secret_value()):
         return AttemptResult("refused", error="not an Apprise URL this install supports")
-    try:
-        sent = notifier.notify(body=body, title=title, notify_type=chat_severity(event))
-    except Exception as error:  # noqa: BLE001 - an Apprise plugin may raise anything
-        return AttemptResult("retry", error=f"{type(error).__name__} from Apprise")
+    with guarded(allow_private=allow_private) as policy:
+        try:
+            sent = bool(
+                notifier.notify(
+                    body=body, title=title, notify_type=chat_severity(event), timeout=timeout
+                )
+            )
+        except Exception as error:  # noqa: BLE001 - an Apprise plugin may raise anything
+            sent = False
+            failure = f"{type(error).__name__} from Apprise"
+        else:
+            failure = "Apprise could not send the notification"
+    if policy.refused:
+        return AttemptResult("refused", error=policy.refused[0])
     if sent:
         return AttemptResult("delivered")
-    return AttemptResult("retry", error="Apprise could not send the notification")
+    return AttemptResult("retry", error=failure)
 
 
 def _read_some(response: httpx.Response) -> str:

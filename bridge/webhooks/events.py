@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from bridge import mapping
+from bridge import limits, mapping
 from bridge.ports import StatusChange
 
 Json = dict[str, Any]
@@ -110,7 +110,8 @@ def status_event(
 
 
 def job_data(change: StatusChange, *, run_url: str | None, source: str | None = None) -> Json:
-    """What a receiver needs without calling the API back."""
+    """What a receiver needs without calling the API back; every string is cut to
+    ``limits.MAX_OUT_TEXT`` characters (the cut said in it)."""
     job = change.job
     created, finished = _int(job.get("created_at")), _int(job.get("finished_at"))
     data: Json = {
@@ -131,7 +132,7 @@ def job_data(change: StatusChange, *, run_url: str | None, source: str | None = 
     }
     if source is not None:
         data["source"] = source
-    return data
+    return dict(limits.cap_text(data))
 
 
 def job_error(error: object) -> Json | None:
@@ -167,7 +168,9 @@ def chat_message(event: WebhookEvent) -> tuple[str, str]:
         lines.append(f"Error: {error.get('code') or 'error'}: {error.get('message') or ''}".strip())
     if data.get("wandb_run_url"):
         lines.append(f"W&B run: {data['wandb_run_url']}")
-    return title, "\n".join(lines)
+    line_limit = limits.MAX_CHAT_TEXT // 4
+    body = "\n".join(limits.truncate(line, line_limit) for line in lines)
+    return limits.truncate(title, 250), limits.truncate(body, limits.MAX_CHAT_TEXT)
 
 
 def chat_severity(event: WebhookEvent) -> str:

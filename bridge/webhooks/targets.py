@@ -28,6 +28,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, field_validator
 
 from bridge.errors import ConfigError
+from bridge.webhooks.egress import chat_host
 from bridge.webhooks.events import WebhookEvent
 from bridge.webhooks.signing import secret_problem
 from bridge.webhooks.ssrf import literal_ip, refusal_reason
@@ -170,11 +171,12 @@ def targets_from_settings(
         for i, table in enumerate(toml_targets, start=1)
     ]
     chats = [
-        _chat({"name": f"chat-{i}", "url": url})
+        _chat({"name": f"chat-{i}", "url": url}, allow_private)
         for i, url in enumerate(_flatten(chat_urls), start=1)
     ]
     chats += [
-        _chat({"name": f"chat-toml-{i}", **dict(table)}) for i, table in enumerate(toml_chats, 1)
+        _chat({"name": f"chat-toml-{i}", **dict(table)}, allow_private)
+        for i, table in enumerate(toml_chats, 1)
     ]
     targets = Targets(tuple(webhooks), tuple(chats), allow_private)
     _unique_names(targets)
@@ -214,12 +216,30 @@ def _webhook(values: dict[str, Any], allow_private: bool) -> WebhookTarget:
     return target
 
 
-def _chat(values: dict[str, Any]) -> ChatTarget:
+def _chat(values: dict[str, Any], allow_private: bool = False) -> ChatTarget:
     name = str(values.get("name"))
     try:
-        return ChatTarget(**values)
+        target = ChatTarget(**values)
     except ValidationError as error:
         raise ConfigError(f"chat target {name!r}: {_one_line(error)}") from None
+    reason = None if allow_private else _private_host(chat_host(target.url.get_secret_value()))
+    if reason:
+        raise ConfigError(
+            f"chat target {name!r}: {reason}; set FTBRIDGE_WEBHOOK_ALLOW_PRIVATE=true "
+            "to allow private addresses"
+        )
+    return target
+
+
+def _private_host(host: str | None) -> str | None:
+    """Why a host named in a target is refused before any lookup (an IP address that is not
+    public, or ``localhost``); names are checked again where the connection is made."""
+    if host is None:
+        return None
+    if host.lower().rstrip(".") in ("localhost", "localhost.localdomain"):
+        return f"{host} is not public (loopback)"
+    ip = literal_ip(host)
+    return refusal_reason(ip) if ip is not None else None
 
 
 def _one_line(error: ValidationError) -> str:

@@ -1,0 +1,107 @@
+"""A time budget per job for a cycle's API reads: one slow job cannot stretch every cycle.
+
+The cycle's reads run in a thread pool (see ``Bridge.sync_unsynced``). :class:`JobBudget`
+hands out their futures as they complete, and gives up waiting for a job whose reads have run
+longer than the budget: that job is named in one log line (once while it stays slow) and left
+for a later cycle, while its reads go on in the background (what they store is picked up then).
+A job still being read is not submitted again (:meth:`JobBudget.busy`). The stop event ends the
+wait at once.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+import structlog
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+#: How often the wait looks at the stop event and the overdue jobs.
+_TICK = 0.25
+
+
+@dataclass
+class ReadsInFlight:
+    """What outlives a cycle: the jobs whose reads are still under way, and those already
+    said to be slow."""
+
+    running: set[str] = field(default_factory=set)
+    slow: set[str] = field(default_factory=set)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class JobBudget(Generic[T]):
+    """Submit one job's reads at a time; iterate :meth:`completed` to get them back."""
+
+    def __init__(
+        self, seconds: float | None, stopping: threading.Event, reads: ReadsInFlight
+    ) -> None:
+        self.seconds = seconds
+        self.stopping = stopping
+        self._reads = reads
+        self._lock = reads.lock
+        self._started: dict[str, float] = {}
+        self._keys: dict[Future[T], str] = {}
+        self.abandoned: list[str] = []
+
+    def busy(self, key: str) -> bool:
+        with self._lock:
+            return key in self._reads.running
+
+    def submit(self, pool: Executor, key: str, work: Callable[[], T]) -> Future[T]:
+        def run() -> T:
+            with self._lock:
+                self._started[key] = time.monotonic()
+            try:
+                return work()
+            finally:
+                with self._lock:
+                    self._reads.running.discard(key)
+
+        with self._lock:
+            self._reads.running.add(key)
+        future: Future[T] = pool.submit(run)
+        self._keys[future] = key
+        return future
+
+    def completed(self) -> Iterator[Future[T]]:
+        """Futures as they complete; overdue ones are dropped (logged once each)."""
+        pending = set(self._keys)
+        while pending and not self.stopping.is_set():
+            done, pending = wait(pending, timeout=_TICK, return_when=FIRST_COMPLETED)
+            for future in done:
+                with self._lock:
+                    self._reads.slow.discard(self._keys[future])
+                yield future
+            pending -= self._overdue(pending)
+
+    def _overdue(self, pending: set[Future[T]]) -> set[Future[T]]:
+        if self.seconds is None:
+            return set()
+        now = time.monotonic()
+        with self._lock:
+            late = {
+                f
+                for f in pending
+                if (started := self._started.get(self._keys[f])) is not None
+                and now - started > self.seconds
+            }
+        for future in late:
+            key = self._keys[future]
+            self.abandoned.append(key)
+            with self._lock:
+                said = key in self._reads.slow
+                self._reads.slow.add(key)
+            (log.debug if said else log.warning)(
+                "job.slow",
+                job_id=key,
+                budget_s=self.seconds,
+                detail="its API reads take longer than the budget; left for a later cycle",
+            )
+        return late
