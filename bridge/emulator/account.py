@@ -100,11 +100,40 @@ class Account:
         self._files[plan.result_file] = _File(entry, "result")
         return entry
 
-    def _entry(self, job_id: str, now: float) -> _Entry:
+    def _entry(self, job_id: str, now: float, provider: str = "openai") -> _Entry:
         entry = self._entries.get(job_id)
-        if entry is None or entry.plan.created > now:
+        if entry is None or entry.plan.created > now or entry.plan.job.provider != provider:
             raise not_found("fine_tuning_job", job_id, param="fine_tuning_job_id")
         return entry
+
+    # For the other providers' APIs (``bridge.emulator.providers``): the same jobs and
+    # timelines, read at one "now", each provider seeing only its own jobs.
+    def jobs_of(self, provider: str) -> tuple[list[tuple[JobPlan, Timeline]], float]:
+        """Every job of ``provider`` created by now (oldest first), and that now."""
+        with self._lock:
+            now = self.clock.now()
+            found = [
+                (e.plan, e.timeline)
+                for e in self._entries.values()
+                if e.plan.created <= now and e.plan.job.provider == provider
+            ]
+        found.sort(key=lambda item: (item[0].created, item[0].index))
+        return found, now
+
+    def job_of(self, provider: str, job_id: str) -> tuple[JobPlan, Timeline, float]:
+        """One job of ``provider`` (404 when it has no such job yet), and the now it was read at."""
+        with self._lock:
+            now = self.clock.now()
+            entry = self._entry(job_id, now, provider)
+            return entry.plan, entry.timeline, now
+
+    def intervene_as(self, provider: str, job_id: str, kind: InterventionKind) -> None:
+        """Cancel (or pause, resume) a job of ``provider`` now, whatever its status allows."""
+        with self._lock:
+            now = self.clock.now()
+            entry = self._entry(job_id, now, provider)
+            entry.interventions.append(Intervention(now, kind))
+            entry.timeline = build_timeline(entry.plan, entry.interventions)
 
     def create(self, body: Any) -> dict[str, Any]:
         """`POST /fine_tuning/jobs`."""
@@ -123,7 +152,11 @@ class Account:
         only_null = query.get("metadata") == "null"
         with self._lock:
             now = self.clock.now()
-            entries = [e for e in self._entries.values() if e.plan.created <= now]
+            entries = [
+                e
+                for e in self._entries.values()
+                if e.plan.created <= now and e.plan.job.provider == "openai"
+            ]
             if only_null:
                 entries = [e for e in entries if not e.plan.job.metadata]
             entries = [

@@ -7,8 +7,9 @@ import re
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import ValidationError
@@ -78,13 +79,33 @@ def _json_body(request: Request) -> Any:
         raise ApiError(400, "We could not parse the JSON body of your request.") from None
 
 
+class ProviderApi(Protocol):
+    """Another provider's API over the same account (``bridge.emulator.providers``): its
+    routes (method, path pattern, kind) and what each kind answers."""
+
+    routes: Sequence[tuple[str, re.Pattern[str], str]]
+
+    def dispatch(
+        self, kind: str, params: dict[str, str], query: dict[str, str], request: Request
+    ) -> Any:
+        """A JSON-able answer, or bytes (served as a file)."""
+        ...
+
+
 class Api:
     """The emulated HTTP API, minus the HTTP."""
 
-    def __init__(self, account: Account, api_key: str | None, faults: FaultInjector) -> None:
+    def __init__(
+        self,
+        account: Account,
+        api_key: str | None,
+        faults: FaultInjector,
+        providers: Sequence[ProviderApi] = (),
+    ) -> None:
         self.account = account
         self.api_key = api_key
         self.faults = faults
+        self.providers = list(providers)
         self.counts: Counter[str] = Counter()
         self.lock = threading.Lock()
 
@@ -106,6 +127,9 @@ class Api:
 
     def _api(self, request: Request, path: str, query: dict[str, str]) -> Response:
         kind, params = _route(request.method, path)
+        provider = None
+        if kind == "unknown":
+            provider, kind, params = self._provider_route(request.method, path)
         with self.lock:
             self.counts[kind] += 1
             number = sum(self.counts.values())
@@ -119,10 +143,23 @@ class Api:
         self._authenticate(request.headers)
         if kind == "unknown":
             raise invalid_url(request.method, path)
-        result = self._dispatch(kind, params.get("id", ""), query, request)
+        if provider is not None:
+            result = provider.dispatch(kind, params, query, request)
+        else:
+            result = self._dispatch(kind, params.get("id", ""), query, request)
         if isinstance(result, bytes):
             return Response(200, result, "application/octet-stream", headers)
         return Response.json(200, result, headers)
+
+    def _provider_route(
+        self, method: str, path: str
+    ) -> tuple[ProviderApi | None, str, dict[str, str]]:
+        for provider in self.providers:
+            for route_method, pattern, kind in provider.routes:
+                match = pattern.match(path)
+                if match and route_method == method:
+                    return provider, kind, match.groupdict()
+        return None, "unknown", {}
 
     def _authenticate(self, headers: dict[str, str]) -> None:
         if self.api_key is None:

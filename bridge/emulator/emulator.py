@@ -11,6 +11,7 @@ from typing import Self
 from bridge.emulator.account import Account, Clock
 from bridge.emulator.api import Api
 from bridge.emulator.faults import FaultInjector, Faults
+from bridge.emulator.providers import provider_apis
 from bridge.emulator.scenario import JobScenario, Scenario
 from bridge.emulator.server import HttpServer
 
@@ -38,7 +39,7 @@ class Emulator:
         self.clock = Clock(start, scale)
         self.account = Account(scenario, self.clock)
         self.faults = FaultInjector(scenario.seed)
-        self.api = Api(self.account, api_key, self.faults)
+        self.api = Api(self.account, api_key, self.faults, provider_apis(self.account))
         self._server: HttpServer | None = None
         self._thread: threading.Thread | None = None
 

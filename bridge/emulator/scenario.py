@@ -23,6 +23,9 @@ class JobScenario(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: str | None = None
+    # Whose API serves the job: OpenAI's paths (also Azure's), or another provider's
+    # (``bridge.emulator.providers``); each API lists only its own jobs.
+    provider: Literal["openai", "together", "fireworks"] = "openai"
     model: str = "gpt-4o-mini-2024-07-18"
     method: MethodType = "supervised"
     n_steps: int = Field(default=30, ge=1)

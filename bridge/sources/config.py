@@ -99,11 +99,20 @@ def _validated(table: Mapping[str, Any], label: str) -> SourceConfig:
 
 
 def routes_of(settings: Settings) -> list[Route]:
+    return [_route(table, i) for i, table in enumerate(settings.routes, start=1)]
+
+
+def _route(table: Mapping[str, Any], number: int) -> Route:
+    """One ``[[routes]]`` table; an error names the route (its number, and its project when
+    it has one) and the key."""
     try:
-        return [Route.model_validate(table) for table in settings.routes]
+        return Route.model_validate(table)
     except ValidationError as error:
         first = error.errors()[0]
-        raise ConfigError(f"routes: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+        project = table.get("project") if isinstance(table, Mapping) else None
+        label = f"route #{number}" + (f" (project {project!r})" if project else "")
+        where = ".".join(map(str, first["loc"])) or "table"
+        raise ConfigError(f"{label}: {where}: {first['msg']}") from None
 
 
 def make_source(
