@@ -26,7 +26,7 @@ from bridge.engine import Bridge
 from bridge.logs import configure_logging
 from bridge.mapping import WandbDefaults
 from bridge.memory import MemorySink
-from bridge.source_openai import OpenAISource
+from bridge.sources.openai import OpenAISource
 from bridge.store import SqlStore
 
 Layout = Literal["active newest", "active oldest"]

@@ -36,7 +36,7 @@ from bench.common import (
 )
 from bridge import mapping
 from bridge.emulator import Scenario
-from bridge.source_openai import OpenAISource
+from bridge.sources.openai import OpenAISource
 from bridge.wandbfile import read_merged
 
 RowsByJob = dict[str, list[list[Any]]]

@@ -31,7 +31,7 @@ from bridge.errors import BridgeError
 from bridge.logs import SecretRedactor
 from bridge.notify import targets_of
 from bridge.settings import Settings, load_settings
-from bridge.source_openai import translate
+from bridge.sources.openai import translate
 from bridge.store import SqlStore
 from bridge.webhooks import ChatTarget, Targets, check_url
 from bridge.webhooks.egress import chat_host

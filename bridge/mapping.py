@@ -1,6 +1,7 @@
-"""Pure mapping from fine-tuning API objects (plain JSON dicts) to what W&B is given.
+"""Pure mapping from the job model (plain JSON dicts, see :mod:`bridge.sources.model`) to what
+W&B is given. A job without a ``provider`` is an OpenAI job.
 
-No I/O here. Every function takes what the API returned, tolerates missing keys and wrong
+No I/O here. Every function takes what a source produced, tolerates missing keys and wrong
 types, and never raises on bad input: a field that cannot be read is left out, and a value the
 store or W&B could not hold (a step of 10**30, a metric name of a megabyte, a job id W&B
 refuses) is refused here, by the bounds of :mod:`bridge.limits`.
@@ -16,7 +17,7 @@ from bridge import limits
 
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 MAX_TAG_LENGTH = 64
-BASE_TAG = "openai/fine-tuning"
+DEFAULT_PROVIDER = "openai"
 
 # Fields of the job that change while it runs: they go to the summary, not the config.
 _VOLATILE_FIELDS = frozenset(
@@ -30,6 +31,9 @@ _VOLATILE_FIELDS = frozenset(
         "result_files",
         "usage_metrics",
         "object",
+        "provider_status",
+        "cost_usd",
+        "raw",
     }
 )
 _STRUCTURED_CONFIG = ("hyperparameters", "method", "metadata", "integrations")
@@ -89,7 +93,9 @@ def _artifact_name(text: str) -> str:
     return "".join(c if (c.isascii() and c.isalnum()) or c in "-_." else "-" for c in text)[:128]
 
 
-def checkpoint_artifact(job_id: str, checkpoint: Mapping[str, Any]) -> ArtifactSpec | None:
+def checkpoint_artifact(
+    job_id: str, checkpoint: Mapping[str, Any], provider: str = DEFAULT_PROVIDER
+) -> ArtifactSpec | None:
     """A checkpoint as a ``model`` artifact referencing its model id (no weights exist to
     upload); its step and metrics in the metadata."""
     model = _str(checkpoint.get("fine_tuned_model_checkpoint"))
@@ -111,8 +117,13 @@ def checkpoint_artifact(job_id: str, checkpoint: Mapping[str, Any]) -> ArtifactS
             "created_at": checkpoint.get("created_at"),
             "metrics": numbers,
         },
-        reference=f"openai://{model}",
+        reference=f"{provider}://{model}",
     )
+
+
+def provider_of(job: Mapping[str, Any]) -> str:
+    """The job's provider (``openai``, ``together``, ``fireworks``)."""
+    return _str(job.get("provider")) or DEFAULT_PROVIDER
 
 
 def model_artifact(job: Mapping[str, Any]) -> ArtifactSpec | None:
@@ -132,7 +143,7 @@ def model_artifact(job: Mapping[str, Any]) -> ArtifactSpec | None:
             "job_id": job_id,
             "trained_tokens": job.get("trained_tokens"),
         },
-        reference=f"openai://{model}",
+        reference=f"{provider_of(job)}://{model}",
     )
 
 
@@ -189,7 +200,11 @@ def run_config(job: Mapping[str, Any], source: str | None = None) -> dict[str, A
     """The job's settings: model, files, hyperparameters, method, seed, suffix, metadata, and
     the other scalar fields that do not change while the job runs."""
     config: dict[str, Any] = {}
-    for key, value in job.items():
+    raw = job.get("raw")
+    # The provider's other scalar fields first (``organization_id``, ``user_provided_suffix``,
+    # Together's ``n_checkpoints``...); the model's own fields win over them.
+    items = [*(raw.items() if isinstance(raw, Mapping) else ()), *job.items()]
+    for key, value in items:
         if key in _VOLATILE_FIELDS or key == "id":
             continue
         if key in _STRUCTURED_CONFIG:
@@ -224,9 +239,10 @@ def run_spec(job: Mapping[str, Any], defaults: WandbDefaults, source: str | None
     integration = wandb_integration(job) or {}
     model = _str(job.get("model"))
     own_tags = integration.get("tags")
-    tags: list[object] = [BASE_TAG, f"openai/{job_id}"]
+    provider = provider_of(job)
+    tags: list[object] = [f"{provider}/fine-tuning", f"{provider}/{job_id}"]
     if model:
-        tags.append(f"openai/{model}")
+        tags.append(f"{provider}/{model}")
     if source:
         tags.append(f"source/{source}")
     tags.extend(defaults.extra_tags)
@@ -364,7 +380,8 @@ def run_summary(job: Mapping[str, Any]) -> dict[str, Any]:
     """What the run's summary says of the job: status, model, tokens, end, and any error.
     Strings are cut to ``limits.MAX_OUT_TEXT`` characters (a 2 MB error message too)."""
     summary: dict[str, Any] = {"status": job.get("status")}
-    for key in ("fine_tuned_model", "trained_tokens", "finished_at", "estimated_finish"):
+    keys = ("provider_status", "fine_tuned_model", "trained_tokens", "finished_at")
+    for key in (*keys, "estimated_finish", "cost_usd"):
         value = job.get(key)
         if value is not None:
             summary[key] = value

@@ -52,7 +52,7 @@ CYCLE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 3
 
 def api_error_kind(error: SourceUnavailable | SourceRejected | JobNotFound) -> str:
     """The kind of a failed API call, from the bridge's error (``kind`` attribute first,
-    else its class and the message :func:`bridge.source_openai.translate` wrote)."""
+    else its class and the message :func:`bridge.sources.openai.translate` wrote)."""
     kind = getattr(error, "kind", None)
     if isinstance(kind, str):
         return kind

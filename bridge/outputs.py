@@ -111,7 +111,9 @@ class Outputs:
             log.warning("checkpoints.unavailable", job_id=state.job_id, error=str(error))
             return 0
         for checkpoint in sorted(listed, key=lambda c: c.get("step_number") or 0):
-            spec = mapping.checkpoint_artifact(state.job_id, checkpoint)
+            spec = mapping.checkpoint_artifact(
+                state.job_id, checkpoint, mapping.provider_of(state.job)
+            )
             if spec is not None:
                 self._give(state, spec, done)
         return len(done) - before

@@ -15,7 +15,7 @@ from bridge.engine import Bridge
 from bridge.errors import SourceUnavailable
 from bridge.mapping import WandbDefaults
 from bridge.sink_wandb import WandbOptions, WandbSink
-from bridge.source_openai import OpenAISource
+from bridge.sources.openai import OpenAISource
 from bridge.store import SqlStore
 from bridge.wandbfile import read_merged
 from tests.canned_api import CannedAPI
@@ -53,7 +53,9 @@ def test_malformed_events_unknown_status_and_nan_are_handled(tmp_path: Path) -> 
         stats = bridge.poll()
         assert stats.rows_logged == 2
         state = bridge.store.get_job("ftjob-odd")
-        assert state is not None and state.status == "warming_up" and not state.synced
+        # An unknown status is kept as the provider's word, and watched as running.
+        assert state is not None and state.status == "running" and not state.synced
+        assert state.job["provider_status"] == "warming_up"
         api.jobs(job("ftjob-odd", status="succeeded", fine_tuned_model="ft:x"))
         bridge.poll()
         bridge.store.close()

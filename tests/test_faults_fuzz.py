@@ -25,7 +25,7 @@ from bridge.mapping import WandbDefaults
 from bridge.outputs import epoch_ended
 from bridge.ports import StoredEvent
 from bridge.sink_wandb import WandbOptions, WandbSink
-from bridge.source_openai import OpenAISource
+from bridge.sources.openai import OpenAISource
 from bridge.store import SqlStore
 from bridge.wandbfile import find_run_files, read_merged
 from tests.canned_api import CannedAPI

@@ -17,7 +17,7 @@ from bridge.emulator import Emulator, JobScenario
 from bridge.engine import CycleStats
 from bridge.errors import BridgeError, SinkUnavailable, StoreError
 from bridge.metrics import BridgeMetrics, Watched, api_error_kind
-from bridge.source_openai import translate
+from bridge.sources.openai import translate
 from tests.conftest import BridgeProcess, wait_until
 
 StartEmulator = Callable[..., Emulator]

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 from bridge.errors import ConfigError
 from bridge.routing import JobFilter, Route
 from bridge.settings import Settings
-from bridge.source_openai import OpenAISource
+from bridge.sources.openai import OpenAISource
 
 
 class Destination(BaseModel):

@@ -118,6 +118,8 @@ def job_data(change: StatusChange, *, run_url: str | None, source: str | None = 
         "id": change.job_id,
         "status": change.current,
         "previous_status": change.previous,
+        "provider": mapping.provider_of(job),
+        "provider_status": job.get("provider_status") or change.current,
         "model": job.get("model"),
         "fine_tuned_model": job.get("fine_tuned_model"),
         "error": job_error(job.get("error")),
@@ -167,7 +169,9 @@ def chat_message(event: WebhookEvent) -> tuple[str, str]:
     if isinstance(error, Mapping):
         lines.append(f"Error: {error.get('code') or 'error'}: {error.get('message') or ''}".strip())
     if data.get("wandb_run_url"):
-        lines.append(f"W&B run: {data['wandb_run_url']}")
+        final = data.get("run_final") is not False
+        pending = "" if final else " (not final yet: W&B did not answer in time)"
+        lines.append(f"W&B run: {data['wandb_run_url']}{pending}")
     line_limit = limits.MAX_CHAT_TEXT // 4
     body = "\n".join(limits.truncate(line, line_limit) for line in lines)
     return limits.truncate(title, 250), limits.truncate(body, limits.MAX_CHAT_TEXT)

@@ -32,6 +32,7 @@ from bridge.errors import (
 )
 from bridge.paging import DEFAULT_MAX_PAGES, PageWalk
 from bridge.ports import Json
+from bridge.sources.openai_model import job_model
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -125,6 +126,8 @@ class OpenAISource:
         # Job ids refused (id -> reason); each is logged once.
         self.quarantined: dict[str, str] = {}
         self._endless_listing_said = False
+        # Endpoints an OpenAI-compatible server lacks ("events", "checkpoints").
+        self.missing: set[str] = set()
 
     @classmethod
     def create(
@@ -178,7 +181,7 @@ class OpenAISource:
         the pages are fetched one by one, so a cut listing loses nothing already known."""
         try:
             for page in pages:
-                yield [job for job in page if self._accepts(job)]
+                yield [job_model(job) for job in page if self._accepts(job)]
         except EndlessPaging as error:
             emit = log.debug if self._endless_listing_said else log.warning
             self._endless_listing_said = True
@@ -217,7 +220,7 @@ class OpenAISource:
         job = self._call(what, lambda: jobs.retrieve(job_id))
         if job.get("id") != job_id:
             raise SourceUnavailable(f"{what}: the answer is not this job")
-        return limits.clean_item(job)
+        return job_model(limits.clean_item(job))
 
     def checkpoints(self, job_id: str) -> list[Json]:
         checkpoints = self._client.fine_tuning.jobs.checkpoints.with_raw_response
@@ -227,7 +230,13 @@ class OpenAISource:
                 job_id, limit=PAGE_SIZE, after=after if after is not None else openai.omit
             )
 
-        return [c for page in self._paged(f"checkpoints of {job_id}", fetch) for c in page]
+        if "checkpoints" in self.missing:
+            return []
+        try:
+            return [c for page in self._paged(f"checkpoints of {job_id}", fetch) for c in page]
+        except JobNotFound:
+            self._endpoint_missing(job_id, "checkpoints")
+            return []
 
     def file_content(self, file_id: str) -> bytes:
         files = self._client.files.with_raw_response
@@ -244,4 +253,26 @@ class OpenAISource:
                 job_id, limit=PAGE_SIZE, after=after if after is not None else openai.omit
             )
 
-        return self._paged(f"events of {job_id}", fetch)
+        if "events" in self.missing:
+            return iter([[]])
+        return self._events_or_none(job_id, self._paged(f"events of {job_id}", fetch))
+
+    def _events_or_none(self, job_id: str, pages: Iterator[list[Json]]) -> Iterator[list[Json]]:
+        try:
+            yield from pages
+        except JobNotFound:
+            self._endpoint_missing(job_id, "events")
+            yield []
+
+    def _endpoint_missing(self, job_id: str, endpoint: str) -> None:
+        """A 404 on a job's events or checkpoints: the job is gone, or (an OpenAI-compatible
+        server) the endpoint does not exist. Asking for the job tells which; a missing
+        endpoint is said once and not asked again (the job then has no metrics from it)."""
+        self.get_job(job_id)  # raises JobNotFound when the job itself is gone
+        self.missing.add(endpoint)
+        log.warning(
+            "api.endpoint_missing",
+            source=self.name,
+            endpoint=endpoint,
+            detail=f"the API answers 404 for a job's {endpoint}: read without them",
+        )
