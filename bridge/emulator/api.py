@@ -140,7 +140,9 @@ class Api:
         fault = self.faults.draw()
         if fault is not None:
             raise fault
-        self._authenticate(request.headers)
+        # A provider's public kinds (signed URLs) carry their own credentials.
+        if provider is None or kind not in getattr(provider, "public_kinds", ()):
+            self._authenticate(request.headers)
         if kind == "unknown":
             raise invalid_url(request.method, path)
         if provider is not None:

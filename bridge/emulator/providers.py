@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from bridge.emulator.account import Account
 from bridge.emulator.api import ProviderApi
+from bridge.emulator.fireworks import FireworksApi
 
 
 def provider_apis(account: Account) -> list[ProviderApi]:
     """One API per provider (their paths do not overlap OpenAI's or each other's)."""
-    return []
+    apis: list[ProviderApi] = []
+    apis.append(FireworksApi(account, account.scenario.fireworks_account_id))
+    return apis

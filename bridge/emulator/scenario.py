@@ -87,6 +87,8 @@ class Scenario(BaseModel):
     start_time: float | None = None
     organization_id: str = "org-emulator0000000000000000"
     organization_name: str = "emulator"
+    # The one Fireworks account whose jobs the Fireworks API serves.
+    fireworks_account_id: str = "emulator"
     jobs: list[JobScenario] = Field(default_factory=list)
 
     @classmethod

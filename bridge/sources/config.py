@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 from bridge.errors import ConfigError
 from bridge.routing import JobFilter, Route
 from bridge.settings import Settings
+from bridge.sources.fireworks import FireworksSource
 from bridge.sources.openai import OpenAISource
 
 
@@ -26,13 +27,14 @@ class Destination(BaseModel):
 class SourceConfig(BaseModel):
     """One fine-tuning API. ``kind``: ``openai`` (also Azure's v1 API and any compatible
     endpoint, by ``base_url``) or ``azure`` (Azure's dated API versions: ``azure_endpoint``
-    and ``api_version``). The key is ``api_key``, or the environment variable named by
-    ``api_key_env``."""
+    and ``api_version``) or ``fireworks`` (Fireworks AI: ``account_id``, and ``base_url``
+    when not Fireworks' own host). The key is ``api_key``, or the environment variable named
+    by ``api_key_env``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    kind: Literal["openai", "azure"] = "openai"
+    kind: Literal["openai", "azure", "fireworks"] = "openai"
     api_key: SecretStr | None = None
     api_key_env: str | None = None
     base_url: str | None = None
@@ -40,6 +42,8 @@ class SourceConfig(BaseModel):
     api_version: str | None = None
     organization: str | None = None
     project: str | None = None
+    # Fireworks: the account whose jobs are read (its id, as in ``accounts/<id>/...``).
+    account_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,63}$")
     filters: JobFilter = Field(default_factory=JobFilter)
     wandb: Destination = Field(default_factory=Destination)
 
@@ -47,6 +51,12 @@ class SourceConfig(BaseModel):
     def _azure_needs_endpoint(self) -> SourceConfig:
         if self.kind == "azure" and not (self.azure_endpoint and self.api_version):
             raise ValueError("kind 'azure' needs azure_endpoint and api_version")
+        return self
+
+    @model_validator(mode="after")
+    def _fireworks_needs_account(self) -> SourceConfig:
+        if self.kind == "fireworks" and not self.account_id:
+            raise ValueError("kind 'fireworks' needs account_id (as in accounts/<id>/...)")
         return self
 
     def key(self, environ: Mapping[str, str]) -> str:
@@ -117,8 +127,17 @@ def _route(table: Mapping[str, Any], number: int) -> Route:
 
 def make_source(
     config: SourceConfig, settings: Settings, environ: Mapping[str, str]
-) -> OpenAISource:
+) -> OpenAISource | FireworksSource:
     key = config.key(environ)
+    if config.kind == "fireworks" and config.account_id:
+        return FireworksSource.create(
+            api_key=key,
+            account_id=config.account_id,
+            base_url=config.base_url,
+            timeout=settings.request_timeout,
+            max_retries=settings.max_retries,
+            name=config.name,
+        )
     if config.kind == "azure" and config.azure_endpoint:
         client = openai.AzureOpenAI(
             api_key=key,
