@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from bridge.emulator.account import Account
 from bridge.emulator.api import ProviderApi
+from bridge.emulator.together import TogetherApi
 
 
 def provider_apis(account: Account) -> list[ProviderApi]:
     """One API per provider (their paths do not overlap OpenAI's or each other's)."""
-    return []
+    return [TogetherApi(account)]
