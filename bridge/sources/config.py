@@ -13,6 +13,7 @@ from bridge.errors import ConfigError
 from bridge.routing import JobFilter, Route
 from bridge.settings import Settings
 from bridge.source_openai import OpenAISource
+from bridge.sources.together import TogetherSource
 
 
 class Destination(BaseModel):
@@ -25,14 +26,15 @@ class Destination(BaseModel):
 
 class SourceConfig(BaseModel):
     """One fine-tuning API. ``kind``: ``openai`` (also Azure's v1 API and any compatible
-    endpoint, by ``base_url``) or ``azure`` (Azure's dated API versions: ``azure_endpoint``
-    and ``api_version``). The key is ``api_key``, or the environment variable named by
-    ``api_key_env``."""
+    endpoint, by ``base_url``), ``azure`` (Azure's dated API versions: ``azure_endpoint``
+    and ``api_version``) or ``together`` (Together AI; ``base_url`` is its host, by default
+    ``https://api.together.ai``). The key is ``api_key``, or the environment variable named
+    by ``api_key_env``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    kind: Literal["openai", "azure"] = "openai"
+    kind: Literal["openai", "azure", "together"] = "openai"
     api_key: SecretStr | None = None
     api_key_env: str | None = None
     base_url: str | None = None
@@ -117,8 +119,19 @@ def _route(table: Mapping[str, Any], number: int) -> Route:
 
 def make_source(
     config: SourceConfig, settings: Settings, environ: Mapping[str, str]
-) -> OpenAISource:
+) -> OpenAISource | TogetherSource:
     key = config.key(environ)
+    if config.kind == "together":
+        return TogetherSource.create(
+            api_key=key,
+            base_url=config.base_url,
+            timeout=settings.request_timeout,
+            max_retries=settings.max_retries,
+            name=config.name,
+            key_hint=f"environment variable {config.api_key_env}"
+            if config.api_key_env
+            else f"api_key of source {config.name!r}",
+        )
     if config.kind == "azure" and config.azure_endpoint:
         client = openai.AzureOpenAI(
             api_key=key,
