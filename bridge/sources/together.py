@@ -99,7 +99,7 @@ def seconds(value: object) -> int | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
-        return limits.timestamp(int(value))
+        return limits.timestamp(int(value)) if math.isfinite(value) else None
     if not isinstance(value, str) or not value:
         return None
     try:
