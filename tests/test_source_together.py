@@ -126,6 +126,10 @@ def test_jobs_come_as_the_job_model_newest_first(finished: Emulator) -> None:
         "ft-stop": ("cancelled", "cancelled"),
     }
     assert all(j["provider"] == "together" for j in jobs)
+    assert by_id["ft-bad"]["error"]["message"] == "CUDA out of memory", "fetched once"
+    before = finished.counts["together_retrieve"]
+    list(source.job_pages())
+    assert finished.counts["together_retrieve"] == before, "not again"
 
     done = source.get_job("ft-done")
     api = raw(finished, "/v1/fine-tunes/ft-done")

@@ -21,6 +21,8 @@ What Together gives, and what the bridge makes of it:
   every event has the id and values it had, and the store keeps each once. Each read asks
   from the highest step handed on (``global_step_from``), so that an eval logged late for it is
   still seen.
+- **Errors.** A failed job's message is that of its last error event (``job_error``); a failed
+  job listed without its events is fetched once per process for it.
 - **Messages** come from ``/events`` (no paging), their types compared case-insensitively (the
   SDK generations spell them ``job_start`` or ``JOB_START``). Events have no ids: each gets one
   from its content (time, type, message, step), so a read again gives the same ids.
@@ -43,7 +45,7 @@ from typing import Any, Final
 import structlog
 
 from bridge import limits
-from bridge.errors import EndlessPaging, JobNotFound, SourceUnavailable
+from bridge.errors import BridgeError, EndlessPaging, JobNotFound, SourceUnavailable
 from bridge.paging import DEFAULT_MAX_PAGES, PageWalk
 from bridge.sources.model import Job, JobError, bridge_status
 from bridge.sources.paging import single_page
@@ -379,6 +381,9 @@ class _JobMemory:
     status: str | None = None
     error: str | None = None
     total_steps: int | None = None
+    # Whether the job's events were read once for its error message (a failed job listed
+    # without them).
+    error_read: bool = False
 
 
 def _list_of(body: Json, key: str, what: str) -> list[Any]:
@@ -462,12 +467,29 @@ class TogetherSource:
             body = self._api.get("/v1/fine-tunes", "list jobs", missing=SourceUnavailable)
             items = _list_of(body, "data", "list jobs")
             raw = [limits.clean_json(i) for i in items if isinstance(i, dict) and self._accepts(i)]
-            return newest_first([self._model(job) for job in raw])
+            return newest_first([self._model(self._with_error(job)) for job in raw])
 
         try:
             yield from single_page(walk, fetch)
         except EndlessPaging as error:
             log.warning("api.listing_cut", source=self.name, error=str(error))
+
+    def _with_error(self, raw: Json) -> Json:
+        """A failed job listed without its events is fetched once (per process), for the
+        message of its error event: the listing alone would give the run no reason."""
+        if STATUSES.get(str(raw.get("status") or "").strip().lower()) != "failed":
+            return raw
+        memory = self._remember(str(raw["id"]))
+        if isinstance(raw.get("events"), list) or memory.error or memory.error_read:
+            return raw
+        try:
+            full = self._api.get(f"/v1/fine-tunes/{raw['id']}", f"job {raw['id']}")
+        except BridgeError as error:
+            log.debug("job.error_unread", job_id=raw["id"], error=str(error))
+            return raw
+        memory.error_read = True
+        memory.error = error_message(limits.clean_json(full.get("events"))) or memory.error
+        return raw
 
     def get_job(self, job_id: str) -> Json:
         problem = limits.run_id_problem(job_id)
