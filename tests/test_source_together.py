@@ -15,8 +15,10 @@ from hypothesis import strategies as st
 
 from bridge.emulator import Emulator, JobScenario
 from bridge.emulator.together import CANCEL_SECONDS
-from bridge.errors import JobNotFound, SourceRejected, SourceUnavailable
+from bridge.errors import ConfigError, JobNotFound, SourceRejected, SourceUnavailable
 from bridge.ports import JobSource
+from bridge.settings import Settings
+from bridge.sources.config import SourceConfig, make_source
 from bridge.sources.model import STATUSES as BRIDGE_STATUSES
 from bridge.sources.together import (
     STATUSES,
@@ -522,3 +524,13 @@ def test_reading_by_steps_gives_what_one_read_at_the_end_gives(
         if k not in ("train/global_step", "timestamp")
     )
     assert logged == given_values
+
+
+def test_a_together_source_table_builds_the_together_source() -> None:
+    table = {"name": "tg", "kind": "together", "api_key_env": "TG_KEY"}
+    config = SourceConfig.model_validate(table)
+    source = make_source(config, Settings(), {"TG_KEY": "k"})
+    assert isinstance(source, TogetherSource) and source.name == "tg"
+    assert str(source._api._client.base_url) == "https://api.together.ai"
+    with pytest.raises(ConfigError, match="TG_KEY"):
+        make_source(config, Settings(), {})
