@@ -6,10 +6,9 @@ from __future__ import annotations
 from bridge.emulator.account import Account
 from bridge.emulator.api import ProviderApi
 from bridge.emulator.fireworks import FireworksApi
+from bridge.emulator.together import TogetherApi
 
 
 def provider_apis(account: Account) -> list[ProviderApi]:
     """One API per provider (their paths do not overlap OpenAI's or each other's)."""
-    apis: list[ProviderApi] = []
-    apis.append(FireworksApi(account, account.scenario.fireworks_account_id))
-    return apis
+    return [TogetherApi(account), FireworksApi(account, account.scenario.fireworks_account_id)]

@@ -14,6 +14,7 @@ from bridge.routing import JobFilter, Route
 from bridge.settings import Settings
 from bridge.sources.fireworks import FireworksSource
 from bridge.sources.openai import OpenAISource
+from bridge.sources.together import TogetherSource
 
 
 class Destination(BaseModel):
@@ -26,15 +27,16 @@ class Destination(BaseModel):
 
 class SourceConfig(BaseModel):
     """One fine-tuning API. ``kind``: ``openai`` (also Azure's v1 API and any compatible
-    endpoint, by ``base_url``) or ``azure`` (Azure's dated API versions: ``azure_endpoint``
-    and ``api_version``) or ``fireworks`` (Fireworks AI: ``account_id``, and ``base_url``
-    when not Fireworks' own host). The key is ``api_key``, or the environment variable named
-    by ``api_key_env``."""
+    endpoint, by ``base_url``), ``azure`` (Azure's dated API versions: ``azure_endpoint``
+    and ``api_version``), ``together`` (Together AI; ``base_url`` is its host, by default
+    ``https://api.together.ai``) or ``fireworks`` (Fireworks AI: ``account_id``, and
+    ``base_url`` when not Fireworks' own host). The key is ``api_key``, or the environment
+    variable named by ``api_key_env``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    kind: Literal["openai", "azure", "fireworks"] = "openai"
+    kind: Literal["openai", "azure", "together", "fireworks"] = "openai"
     api_key: SecretStr | None = None
     api_key_env: str | None = None
     base_url: str | None = None
@@ -127,8 +129,19 @@ def _route(table: Mapping[str, Any], number: int) -> Route:
 
 def make_source(
     config: SourceConfig, settings: Settings, environ: Mapping[str, str]
-) -> OpenAISource | FireworksSource:
+) -> OpenAISource | TogetherSource | FireworksSource:
     key = config.key(environ)
+    if config.kind == "together":
+        return TogetherSource.create(
+            api_key=key,
+            base_url=config.base_url,
+            timeout=settings.request_timeout,
+            max_retries=settings.max_retries,
+            name=config.name,
+            key_hint=f"environment variable {config.api_key_env}"
+            if config.api_key_env
+            else f"api_key of source {config.name!r}",
+        )
     if config.kind == "fireworks" and config.account_id:
         return FireworksSource.create(
             api_key=key,
