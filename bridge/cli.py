@@ -27,6 +27,7 @@ from bridge.ports import JobState
 from bridge.settings import Settings, load_settings, unknown_variables
 from bridge.status import open_store, run_status
 from bridge.store import SqlStore, create_db_engine
+from bridge.views.live import watch_status
 
 log = structlog.get_logger(__name__)
 
@@ -38,6 +39,7 @@ EPILOG = """examples:
   ftbridge --config ftbridge.toml run  settings from a TOML file (the environment wins)
   ftbridge check                       is this configuration good? (exit 0 or 1)
   ftbridge status --json               tracked jobs, for scripts
+  ftbridge status --watch              a live view of the jobs (Ctrl-C to leave)
 """
 
 
@@ -101,6 +103,11 @@ def _operator_parsers(commands: argparse._SubParsersAction[argparse.ArgumentPars
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     status.add_argument("--json", action="store_true", help="JSON for scripts")
+    status.add_argument(
+        "--watch",
+        action="store_true",
+        help="a live view, refreshed every second until Ctrl-C (the table when not a terminal)",
+    )
     commands.add_parser(
         "check",
         help="check the configuration, the API, W&B, webhooks and the store",
@@ -145,6 +152,8 @@ def _command(args: argparse.Namespace) -> int:
             return _health(args)
         settings = load_settings(args.config)
         if args.command == "status":
+            if args.watch and not args.json and sys.stdout.isatty():
+                return watch_status(settings.database_url)
             return run_status(settings.database_url, as_json=args.json, out=sys.stdout)
         _configure(settings)
         if args.command == "run":
