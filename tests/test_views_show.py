@@ -88,7 +88,7 @@ def test_metric_picks_one_key(scenario: Scenario) -> None:
 
 
 def test_unknown_metric_and_job_are_one_line(scenario: Scenario) -> None:
-    with pytest.raises(BridgeError, match="has no metric 'nope'; it has: .*train_loss"):
+    with pytest.raises(BridgeError, match=r"has no metric 'nope'; it has: .*train_loss"):
         shown(scenario, "ftjob-sft", metric="nope")
     with pytest.raises(BridgeError, match="no job 'ftjob-none'"):
         shown(scenario, "ftjob-none")

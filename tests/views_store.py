@@ -67,8 +67,9 @@ def job(job_id: str, status: str, model: str, created: int, **extra: Any) -> dic
 class Scenario:
     """The store and the jobs' next steps."""
 
-    def __init__(self, path: Path, *, hook_url: str = "http://127.0.0.1:9/hook") -> None:
-        self.url = f"sqlite:///{path}"
+    def __init__(self, where: Path | str, *, hook_url: str = "http://127.0.0.1:9/hook") -> None:
+        """``where``: a SQLite file, or a database URL."""
+        self.url = where if isinstance(where, str) else f"sqlite:///{where}"
         targets = targets_from_settings([hook_url], SECRET, allow_private=True)
         self.store = SqlStore(self.url, on_change=OutboxWriter(targets, notify_backfill=True))
 

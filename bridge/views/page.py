@@ -49,6 +49,7 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}
 vertical-align:middle;margin-right:.4em}
 .bar span{display:block;height:8px;background:#0969da;border-radius:4px}
 .trouble{color:#cf222e}
+td.run{white-space:normal;overflow-wrap:anywhere;max-width:20em}
 """
 
 #: What the page is given: the Authorization header; what it answers: status, body, headers.
@@ -103,7 +104,7 @@ def _row(job: JobView) -> str:
         f'<td class="num">{escape(number(job.valid))}',
         svg_sparkline(job.curve),
         escape(job.lag_text),
-        _run_cell(job),
+        f'<td class="run">{_run_cell(job)}',
         f"{job.webhooks_pending}{failed}",
     ]
     tds = "".join(c if c.startswith("<td") else f"<td>{c}" for c in cells)
