@@ -174,7 +174,7 @@ def _header(
         active=sum(1 for v in views if v.active),
         by_status=by_status,
         runs_open=sum(1 for j in snapshot.jobs if j.run_state == "open"),
-        rows_waiting=sum(j.rows_waiting for j in snapshot.jobs),
+        rows_waiting=sum(j.rows_waiting for j in snapshot.jobs if j.run_state != "skipped"),
         deliveries=dict(snapshot.deliveries),
         targets=tuple(snapshot.targets),
         last_write_age=_age(snapshot.last_write_at, now),

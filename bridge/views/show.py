@@ -85,7 +85,7 @@ def _y_label(row: int, low: float, high: float, rows: int) -> str:
 def side_table(curves: JobCurves) -> Table:
     """The job, its config (hyperparameters flattened) and its summary."""
     table = Table.grid(padding=(0, 1))
-    table.add_column(style="bold", no_wrap=True)
+    table.add_column(style="bold", no_wrap=True, max_width=26, overflow="ellipsis")
     table.add_column(overflow="fold")
     table.add_row("job", curves.job_id)
     table.add_row("status", Text(curves.status, style=STATUS_STYLES.get(curves.status, "")))
@@ -103,18 +103,20 @@ def side_table(curves: JobCurves) -> Table:
     return table
 
 
-_LEFT_OUT = frozenset({"integrations", "raw", "job_id", "object"})
+# The method's own hyperparameters are in ``hyperparameters`` already (``run_config``).
+_LEFT_OUT = frozenset({"integrations", "raw", "job_id", "object", "method"})
 
 
-def _flat(config: Mapping[str, Any], prefix: str = "") -> list[tuple[str, object]]:
+def _flat(config: Mapping[str, Any], indent: str = "") -> list[tuple[str, object]]:
+    """Scalars as they are; a nested object as its name, then its keys indented under it."""
     out: list[tuple[str, object]] = []
     for key, value in config.items():
         if key in _LEFT_OUT or value is None:
             continue
         if isinstance(value, Mapping):
-            out += _flat(value, f"{prefix}{key}.")
+            out += [(f"{indent}{key}", ""), *_flat(value, indent + "  ")]
         elif not isinstance(value, list):
-            out.append((f"{prefix}{key}", value))
+            out.append((f"{indent}{key}", value))
     return out
 
 
@@ -127,12 +129,14 @@ def render(curves: JobCurves, *, width: int, metric: str | None = None) -> Rende
         body: RenderableType = Text(f"{curves.job_id}: {what}", style="yellow")
     else:
         wide = width >= _WIDE
-        chart_width = width - _SIDE_WIDTH - 2 if wide else width
+        chart_width = width - _SIDE_WIDTH - 1 if wide else width
         body = Group(
             *(chart_panel(s, width=chart_width, checkpoints=curves.checkpoints) for s in specs)
         )
         if wide:
             layout = Table.grid(padding=(0, 2))
+            layout.add_column(width=chart_width)
+            layout.add_column(width=_SIDE_WIDTH - 2)
             layout.add_row(body, side_table(curves))
             return layout
     return Group(body, side_table(curves))
