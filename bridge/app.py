@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
 
+import sqlalchemy as sa
 import structlog
 
 from bridge import mapping, prices, status
@@ -21,6 +22,8 @@ from bridge.settings import Settings
 from bridge.sink_wandb import WandbOptions, WandbSink
 from bridge.sources import make_source, routes_of, source_configs
 from bridge.store import SqlStore
+from bridge.views.page import StatusPage
+from bridge.views.reader import pulse_of
 
 log = structlog.get_logger(__name__)
 
@@ -143,5 +146,25 @@ def observe(
         lambda: metrics.last_success_at,
         max_cycle_age(settings.poll_interval),
     )
-    server = HealthServer(settings.http_host, settings.http_port, metrics.registry, readiness)
+    server = HealthServer(
+        settings.http_host,
+        settings.http_port,
+        metrics.registry,
+        readiness,
+        page=status_page(settings, engine, metrics),
+    )
     return metrics, server
+
+
+def status_page(settings: Settings, engine: sa.Engine, metrics: BridgeMetrics) -> StatusPage | None:
+    """The status page of the health port, when ``FTBRIDGE_STATUS_PAGE`` is on."""
+    if not settings.status_page:
+        return None
+    token = settings.status_token.get_secret_value() if settings.status_token else None
+    if token is None and settings.http_host not in ("127.0.0.1", "::1", "localhost"):
+        log.warning(
+            "status_page.open",
+            detail="the status page shows job ids and models to anyone who reaches "
+            f"{settings.http_host}: set FTBRIDGE_STATUS_TOKEN",
+        )
+    return StatusPage(engine, token=token, pulse=lambda: pulse_of(metrics))

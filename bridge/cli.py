@@ -27,6 +27,8 @@ from bridge.ports import JobState
 from bridge.settings import Settings, load_settings, unknown_variables
 from bridge.status import open_store, run_status
 from bridge.store import SqlStore, create_db_engine
+from bridge.views.live import watch_status
+from bridge.views.show import run_show
 
 log = structlog.get_logger(__name__)
 
@@ -38,6 +40,8 @@ EPILOG = """examples:
   ftbridge --config ftbridge.toml run  settings from a TOML file (the environment wins)
   ftbridge check                       is this configuration good? (exit 0 or 1)
   ftbridge status --json               tracked jobs, for scripts
+  ftbridge status --watch              a live view of the jobs (Ctrl-C to leave)
+  ftbridge show ftjob-abc              the curves of one job, in the terminal
 """
 
 
@@ -101,6 +105,24 @@ def _operator_parsers(commands: argparse._SubParsersAction[argparse.ArgumentPars
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     status.add_argument("--json", action="store_true", help="JSON for scripts")
+    status.add_argument(
+        "--watch",
+        action="store_true",
+        help="a live view, refreshed every second until Ctrl-C (the table when not a terminal)",
+    )
+    show = commands.add_parser(
+        "show",
+        help="the curves of one job, in the terminal (or --png)",
+        description="Every metric of a job against its training step, from the state store "
+        "(offline too, before any wandb sync): train and valid curves on one chart, "
+        "checkpoints marked, the run's config and summary beside.",
+        epilog="examples:\n  ftbridge show ftjob-abc\n  ftbridge show ftjob-abc --metric loss"
+        "\n  ftbridge show ftjob-abc --png curves.png   (needs ftbridge[plots])",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    show.add_argument("job", metavar="JOB_ID")
+    show.add_argument("--metric", help="one chart (loss, mean_token_accuracy) or one key")
+    show.add_argument("--png", type=Path, metavar="FILE", help="also write the charts as a PNG")
     commands.add_parser(
         "check",
         help="check the configuration, the API, W&B, webhooks and the store",
@@ -145,7 +167,11 @@ def _command(args: argparse.Namespace) -> int:
             return _health(args)
         settings = load_settings(args.config)
         if args.command == "status":
+            if args.watch and not args.json and sys.stdout.isatty():
+                return watch_status(settings.database_url)
             return run_status(settings.database_url, as_json=args.json, out=sys.stdout)
+        if args.command == "show":
+            return _show(settings, args)
         _configure(settings)
         if args.command == "run":
             return _run(settings)
@@ -241,6 +267,14 @@ def _db(settings: Settings, action: str) -> int:
     finally:
         engine.dispose()
     return 0
+
+
+def _show(settings: Settings, args: argparse.Namespace) -> int:
+    store = open_store(settings.database_url)
+    try:
+        return run_show(store.engine, args.job, Console(), metric=args.metric, png=args.png)
+    finally:
+        store.close()
 
 
 def _health(args: argparse.Namespace) -> int:

@@ -6,6 +6,8 @@ One small HTTP server in a background thread (off unless ``FTBRIDGE_HTTP_PORT`` 
 - ``/readyz``: 200 when the state store answers and the last successful poll cycle is recent;
   503 with a JSON ``reason`` otherwise.
 - ``/metrics``: the Prometheus text of :class:`bridge.metrics.BridgeMetrics`.
+- ``/``: the status page (:class:`bridge.views.page.StatusPage`), only when one is given
+  (``FTBRIDGE_STATUS_PAGE=true``); 404 otherwise.
 
 The server knows nothing of the engine: it is given the metrics registry and a readiness
 callable (:class:`CycleReadiness` is the daemon's). It holds no socket for long: a request must
@@ -71,6 +73,8 @@ class Verdict:
 
 
 Readiness = Callable[[], Verdict]
+#: The status page: given the request's Authorization header, answers (status, body, headers).
+Page = Callable[[str | None], tuple[int, bytes, dict[str, str]]]
 
 
 def max_cycle_age(poll_interval: float, grace: float = READY_GRACE_SECONDS) -> float:
@@ -156,10 +160,15 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 64
 
     def __init__(
-        self, address: tuple[str, int], registry: CollectorRegistry, readiness: Readiness
+        self,
+        address: tuple[str, int],
+        registry: CollectorRegistry,
+        readiness: Readiness,
+        page: Page | None = None,
     ) -> None:
         self.registry = registry
         self.readiness = readiness
+        self.page = page
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self.turned_away = 0
         super().__init__(address, _Handler)
@@ -211,6 +220,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._ready()
         elif path == "/metrics":
             self._metrics()
+        elif path == "/" and self.server.page is not None:
+            self._page(self.server.page)
         else:
             self._json(
                 HTTPStatus.NOT_FOUND, {"error": "not found: try /healthz, /readyz, /metrics"}
@@ -228,15 +239,32 @@ class _Handler(BaseHTTPRequestHandler):
         encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
         self._send(HTTPStatus.OK, encoder(self.server.registry), content_type)
 
+    def _page(self, page: Page) -> None:
+        try:
+            status, body, headers = page(self.headers.get("Authorization"))
+        except Exception as error:  # noqa: BLE001 - an answer, never a dropped connection
+            log.warning("health.status_page_failed", error=_one_line(error))
+            status, body, headers = HTTPStatus.INTERNAL_SERVER_ERROR, b"status page failed\n", {}
+        kind = "text/html; charset=utf-8" if status == HTTPStatus.OK else "text/plain"
+        self._send(HTTPStatus(status), body, kind, headers)
+
     def _json(self, status: HTTPStatus, body: dict[str, Any]) -> None:
         self._send(status, json.dumps(body).encode(), "application/json")
 
-    def _send(self, status: HTTPStatus, body: bytes, content_type: str) -> None:
+    def _send(
+        self,
+        status: HTTPStatus,
+        body: bytes,
+        content_type: str,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self.connection.settimeout(REQUEST_SECONDS)  # a client that does not read
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(body)
 
@@ -245,15 +273,23 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class HealthServer:
-    """``/healthz``, ``/readyz`` and ``/metrics`` on ``host:port`` (port 0: any free port)."""
+    """``/healthz``, ``/readyz`` and ``/metrics`` on ``host:port`` (port 0: any free port), and
+    ``/`` when given a status ``page``."""
 
     def __init__(
-        self, host: str, port: int, registry: CollectorRegistry, readiness: Readiness
+        self,
+        host: str,
+        port: int,
+        registry: CollectorRegistry,
+        readiness: Readiness,
+        *,
+        page: Page | None = None,
     ) -> None:
         self.host = host
         self.requested_port = port
         self._registry = registry
         self._readiness = readiness
+        self._page = page
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -263,7 +299,9 @@ class HealthServer:
         if self._server is not None:
             return
         try:
-            server = _Server((self.host, self.requested_port), self._registry, self._readiness)
+            server = _Server(
+                (self.host, self.requested_port), self._registry, self._readiness, self._page
+            )
         except OSError as error:
             raise BridgeError(
                 f"health server cannot listen on {self.host}:{self.requested_port}: "

@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     # The health server (/healthz, /readyz, /metrics): off unless http_port is set.
     http_port: int | None = Field(default=None, ge=0, le=65535)
     http_host: str = "127.0.0.1"
+    # The status page (GET / on the health port): off unless asked for; a bearer token if set.
+    status_page: bool = False
+    status_token: SecretStr | None = None
     fetch_workers: int = Field(default=4, ge=1, le=32)
     lease_seconds: float = _seconds(30.0, low=3, high=600, low_inclusive=True)
     replica_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]{1,128}$")
@@ -144,6 +147,7 @@ class Settings(BaseSettings):
     def secrets(self) -> list[str]:
         """The secret values, for the log redactor."""
         found = [self.openai_api_key, self.wandb_api_key, self.webhook_secret, self.chat_urls]
+        found.append(self.status_token)
         values = [s.get_secret_value() for s in found if s is not None and s.get_secret_value()]
         values += [str(t["api_key"]) for t in self.sources if t.get("api_key")]
         # Several comma-separated secrets (a rotation) are redacted one by one too.
@@ -194,6 +198,7 @@ _SECRET_FIELDS = frozenset(
         "wandb_api_key",
         "webhook_secret",
         "chat_urls",
+        "status_token",
         "webhooks",
         "chats",
         "sources",
