@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Iterable, MutableMapping
-from typing import Any, Literal
+from typing import Any, Literal, TextIO
 
 import structlog
 
@@ -44,13 +44,15 @@ def configure_logging(
     level: str = "info",
     fmt: Literal["auto", "json", "console"] = "auto",
     secrets: Iterable[str] = (),
+    stream: TextIO | None = None,
 ) -> None:
-    """Configure structlog once, at start-up; logs go to stderr."""
-    use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+    """Configure structlog once, at start-up; logs go to ``stream`` (stderr by default)."""
+    out = sys.stderr if stream is None else stream
+    use_json = fmt == "json" or (fmt == "auto" and not out.isatty())
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if use_json
-        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        else structlog.dev.ConsoleRenderer(colors=out.isatty())
     )
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -59,13 +61,13 @@ def configure_logging(
         structlog.processors.format_exc_info,
         SecretRedactor(secrets),
     ]
-    _route_stdlib_logging(shared, renderer)
+    _route_stdlib_logging(shared, renderer, out)
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )
 
@@ -75,9 +77,9 @@ def configure_logging(
 _LIBRARY_LEVELS = {"apscheduler": logging.ERROR, "wandb": logging.WARNING, "httpx": logging.WARNING}
 
 
-def _route_stdlib_logging(shared: list[Any], renderer: Any) -> None:
+def _route_stdlib_logging(shared: list[Any], renderer: Any, out: TextIO) -> None:
     """Render the standard library's log records (from libraries) the way structlog does."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(out)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],

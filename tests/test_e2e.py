@@ -6,6 +6,7 @@ import json
 import math
 import os
 import pty
+import re
 import signal
 import subprocess
 import sys
@@ -265,22 +266,43 @@ def test_sync_off_a_terminal_logs_a_line_per_job(
 
 
 def test_demo_runs_to_the_end_and_prints_a_sync_command_that_works(tmp_path: Path) -> None:
+    """On a terminal: the live view of the jobs of three providers, logs in a file, then the
+    summary and a ``wandb sync`` command that works."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "OPENAI_"))}
-    demo = subprocess.run(
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
         [sys.executable, "-m", "bridge.cli", "demo", "--dir", "d", "--time-scale", "30"],
         cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
+        env={**env, "COLUMNS": "160", "LINES": "40"},
+        stdin=subprocess.DEVNULL,
+        stdout=follower,
+        stderr=subprocess.PIPE,
     )
-    assert demo.returncode == 0, demo.stderr[-2000:]
-    assert "left to OpenAI" in demo.stdout
-    command = demo.stdout.strip().splitlines()[-1].strip()
+    os.close(follower)
+    raw = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        raw += chunk
+    assert proc.wait(timeout=180) == 0, proc.stderr.read()[-2000:] if proc.stderr else ""
+    os.close(leader)
+    screen = re.sub(
+        r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07", "", raw.decode("utf-8", "replace")
+    )
+    for job_id in ("ft-demo-llama", "fw-sft.emulator.demo-qwen"):
+        assert job_id in screen, "every provider's job in the live view and the summary"
+    assert "succeeded" in screen
+    assert "left to OpenAI" in screen
+    log = (tmp_path / "d" / "ftbridge.log").read_text()
+    assert '"cycle"' in log or "cycle" in log, "the logs went to the file the demo named"
+    command = screen.strip().splitlines()[-1].strip()
     assert command.startswith("wandb login && wandb sync ")
     paths = sorted(tmp_path.glob("d/wandb/offline-run-*"))
-    assert len(paths) == 7, "every demo job but the one with its own W&B integration"
+    assert len(paths) == 9, "every demo job but the one with its own W&B integration"
     dry = subprocess.run(
         [sys.executable, "-m", "wandb", "sync", "--dry-run", *map(str, paths)],
         cwd=tmp_path,
@@ -290,4 +312,4 @@ def test_demo_runs_to_the_end_and_prints_a_sync_command_that_works(tmp_path: Pat
         timeout=120,
         check=False,
     )
-    assert dry.returncode == 0 and "Would sync 7 run(s)" in dry.stdout + dry.stderr
+    assert dry.returncode == 0 and "Would sync 9 run(s)" in dry.stdout + dry.stderr
