@@ -101,6 +101,7 @@ class Bridge:
         self._cycle_started = float("-inf")
         self.refresh_after = 60.0
         self._retrying: set[str] = set()
+        self._quarantine_kept: set[str] = set()
         self.fetch_workers = 4
         # Seconds a cycle waits for one job's API reads (None: as long as they take).
         self.job_budget: float | None = None
@@ -175,11 +176,20 @@ class Bridge:
         seen: set[str] = set()
         for job in self._listed_jobs(full):
             seen.add(str(job["id"]))
+        self._keep_quarantined()
         for state in self.store.unsynced_jobs(self.source.name):
             if state.job_id not in seen and not self.stopping.is_set() and self._stale(state):
                 self.refresh(state.job_id)
                 seen.add(state.job_id)
         return len(seen)
+
+    def _keep_quarantined(self) -> None:
+        """Jobs the source refused go to the store once, for ``ftbridge status``."""
+        refused: dict[str, str] = getattr(self.source, "quarantined", {})
+        for job_id, reason in refused.items():
+            if job_id not in self._quarantine_kept:
+                self.store.quarantine(self.source.name, job_id, reason)
+                self._quarantine_kept.add(job_id)
 
     def _stale(self, state: JobState) -> bool:
         """A job off the listed pages is fetched by itself only now and then: a status change

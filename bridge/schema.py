@@ -62,6 +62,16 @@ artifacts = Table(
     Column("logged_at", Float, nullable=False),
 )
 
+# Jobs a source refused (an id W&B cannot take): never synced, listed by ``ftbridge status``.
+quarantined = Table(
+    "quarantined",
+    metadata,
+    Column("source", String(128), primary_key=True),
+    Column("job_id", String(128), primary_key=True),
+    Column("reason", Text, nullable=False),
+    Column("first_seen", Float, nullable=False),
+)
+
 # Who works on what when several replicas share the database: a lease per resource
 # ("job:<id>", "list:<source>") with an expiry, renewed while its owner is alive.
 leases = Table(

@@ -40,6 +40,8 @@ class JobRow:
     run_state: str
     synced: bool
     pending_webhooks: int
+    # Why a job is never synced (a source refused it), or None.
+    reason: str | None = None
 
 
 def job_counts(engine: Engine) -> dict[str, int]:
@@ -192,6 +194,25 @@ def _steps(row: JobRow) -> str:
     return f"{row.steps_logged}/{row.total_steps if row.total_steps is not None else '?'}"
 
 
+def quarantined_row(source: str, job_id: str, reason: str) -> JobRow:
+    """A job its source refused, as a row of ``ftbridge status`` (its reason in place of a
+    run)."""
+    return JobRow(
+        job_id=job_id,
+        status="quarantined",
+        model=None,
+        steps_logged=0,
+        total_steps=None,
+        last_event_at=None,
+        last_event_age_seconds=None,
+        run=f"refused by source {source}: {reason}",
+        run_state="none",
+        synced=False,
+        pending_webhooks=0,
+        reason=reason,
+    )
+
+
 def table(rows: list[JobRow]) -> Table:
     out = Table(title=f"ftbridge: {len(rows)} tracked job(s)", title_justify="left")
     for name, justify in (
@@ -215,7 +236,13 @@ def table(rows: list[JobRow]) -> Table:
     return out
 
 
-_STATUS_STYLES = {"succeeded": "green", "failed": "red", "cancelled": "yellow", "running": "cyan"}
+_STATUS_STYLES = {
+    "succeeded": "green",
+    "failed": "red",
+    "cancelled": "yellow",
+    "running": "cyan",
+    "quarantined": "magenta",
+}
 
 
 def _status_text(status: str) -> str:
@@ -245,6 +272,7 @@ def run_status(
     store = open_store(database_url)
     try:
         rows = job_rows(store.engine, now=clock())
+        rows += [quarantined_row(*entry) for entry in store.quarantined()]
     except sa.exc.SQLAlchemyError as error:
         raise StoreError(f"state store cannot be read: {str(error).splitlines()[0]}") from None
     finally:

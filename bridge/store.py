@@ -415,6 +415,28 @@ class SqlStore:
             )
         )
 
+    # Jobs a source refused
+    def quarantine(self, source: str, job_id: str, reason: str) -> None:
+        shown = job_id if len(job_id) <= 128 else f"{job_id[:100]}...({len(job_id)} characters)"
+        q = schema.quarantined
+        with self._tx() as conn:
+            known = conn.execute(
+                sa.select(q.c.job_id).where(q.c.source == source, q.c.job_id == shown)
+            ).first()
+            if known is None:
+                conn.execute(
+                    q.insert().values(
+                        source=source, job_id=shown, reason=reason[:500], first_seen=time.time()
+                    )
+                )
+
+    def quarantined(self) -> list[tuple[str, str, str]]:
+        """(source, job id, reason) of every job a source refused."""
+        q = schema.quarantined
+        with self._tx() as conn:
+            rows = conn.execute(sa.select(q).order_by(q.c.first_seen)).all()
+        return [(r.source, r.job_id, r.reason) for r in rows]
+
     # Artifacts
     def logged_artifacts(self, job_id: str) -> set[str]:
         with self._tx() as conn:

@@ -4,6 +4,7 @@ shutdown timeout while a slow request is still under way."""
 
 from __future__ import annotations
 
+import json
 import math
 import signal
 import time
@@ -102,3 +103,10 @@ def test_the_bridge_survives_a_hostile_api(api: HostileAPI, bridge_process: Make
         assert all(store.get_job(job_id) is None for job_id in BAD_IDS if len(job_id) < 128)
     finally:
         store.close()
+    # ``ftbridge status`` lists what was refused, with the reason.
+    status = bridge.run("status", "--json")
+    assert status.returncode == 0, status.stderr
+    refused = [row for row in json.loads(status.stdout) if row["status"] == "quarantined"]
+    assert len(refused) == len(BAD_IDS)
+    assert all(row["reason"] for row in refused)
+    assert {row["job_id"] for row in refused} >= {"../x", "a/b"}
