@@ -157,7 +157,8 @@ def run_daemon(
     scheduler.shutdown(wait=False)
     code = _drain(bridge, poller, deadline, left_running)
     if bridge.dispatcher is not None:
-        # What is not delivered stays in the outbox for the next start.
+        # What is due now goes out; what is not delivered stays in the outbox for next start.
+        bridge.dispatcher.flush(timeout=max(0.0, deadline - time.monotonic()))
         bridge.dispatcher.stop(timeout=max(1.0, deadline - time.monotonic()))
     if keeper is not None:
         keeper.stop()

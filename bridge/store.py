@@ -272,6 +272,7 @@ class SqlStore:
                     )
                 )
             }
+            filled = self._filled_steps(conn, job_id)
             rows: list[dict[str, Any]] = []
             for event in events:
                 event_id = str(event.get("id"))
@@ -279,7 +280,9 @@ class SqlStore:
                     continue
                 known.add(event_id)
                 step = mapping.step_of(event)
-                state: EventState = "new" if step is not None else "none"
+                # A step the result file filled in is in W&B already: its event, read late
+                # (after a restart, say), is kept but not logged a second time.
+                state: EventState = "new" if step is not None and step not in filled else "none"
                 created = event.get("created_at")
                 rows.append(
                     {
@@ -301,6 +304,17 @@ class SqlStore:
                     .values(next_seq=next_seq + len(rows))
                 )
         return len(rows)
+
+    @staticmethod
+    def _filled_steps(conn: Connection, job_id: str) -> set[int]:
+        """Steps whose row came from the job's result file (events ``result:<file>:<step>``)."""
+        e = schema.events
+        found = conn.execute(
+            sa.select(e.c.step).where(
+                e.c.job_id == job_id, e.c.event_id.like("result:%"), e.c.step.is_not(None)
+            )
+        ).all()
+        return {int(r.step) for r in found}
 
     def pending_events(self, job_id: str) -> list[StoredEvent]:
         return self._events(job_id, "new")

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge import mapping
+from bridge import mapping, outputs
 from bridge.engine import Bridge, place_rows
-from bridge.mapping import WandbDefaults
+from bridge.mapping import MetricRow, WandbDefaults
 from bridge.memory import MemorySink, MemorySource
 from bridge.notify import OutboxWriter, release_notifications
 from bridge.ports import StoredEvent
@@ -179,3 +179,46 @@ def test_shutdown_finalizes_terminal_jobs_and_preempts_running_ones(tmp_path: Pa
     assert runs["ftjob-live"].preempted is True
     done = store.get_job("ftjob-done")
     assert done is not None and done.synced and done.run_state == "finished"
+
+
+def test_an_event_read_after_its_step_was_filled_in_is_not_logged_twice(tmp_path: Path) -> None:
+    """The result file filled in steps whose events had not been read yet (a shutdown, an
+    API storm); when those events arrive later, the steps are not logged a second time."""
+    source = MemorySource()
+    source.put_job(job("ftjob-a", status="running"))
+    for step in (1, 2):
+        source.add_event("ftjob-a", metrics(f"ev{step}", step))
+    sink = MemorySink()
+    store = SqlStore(f"sqlite:///{tmp_path / 's.db'}")
+    bridge = make_bridge(source, sink, store)
+    bridge.poll()
+    store.add_events("ftjob-a", [outputs.result_row_event("file-r", MetricRow(3, {"x": 1.0}))])
+    bridge.poll()
+    source.add_event("ftjob-a", metrics("ev3", 3))
+    source.jobs["ftjob-a"] = job("ftjob-a", status="succeeded")
+    bridge.poll()
+    assert sorted(p.row.step for p in sink.placed_of("ftjob-a")) == [1, 2, 3]
+
+
+def test_a_job_sent_back_to_the_queue_keeps_its_run_open(tmp_path: Path) -> None:
+    """Azure's developer tier preempts jobs: running goes back to queued, then on. The run
+    stays one open segment, its steps in order, closed only when the job ends."""
+    source = MemorySource()
+    source.put_job(job("ftjob-dev", status="running"))
+    source.add_event("ftjob-dev", metrics("ev1", 1))
+    sink = MemorySink()
+    store = SqlStore(f"sqlite:///{tmp_path / 's.db'}")
+    bridge = make_bridge(source, sink, store)
+    bridge.poll()
+    source.jobs["ftjob-dev"] = job("ftjob-dev", status="queued")
+    bridge.poll()
+    assert sink.is_open("ftjob-dev")
+    source.jobs["ftjob-dev"] = job("ftjob-dev", status="running")
+    source.add_event("ftjob-dev", metrics("ev2", 2))
+    bridge.poll()
+    source.jobs["ftjob-dev"] = job("ftjob-dev", status="succeeded")
+    bridge.poll()
+    assert len(sink.segments) == 1
+    assert [p.at for p in sink.placed_of("ftjob-dev")] == [1, 2]
+    (run,) = sink.segments.values()
+    assert run.exit_code == 0

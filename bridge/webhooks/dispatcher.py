@@ -252,6 +252,18 @@ class Dispatcher:
             self._wake.wait(self.interval)
             self._wake.clear()
 
+    def flush(self, timeout: float) -> None:
+        """One last round at shutdown: what is due now (a terminal notification that the
+        final write of its run just released, say) is attempted, within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        try:
+            started = set(self.pump())
+        except sa.exc.SQLAlchemyError:
+            return  # the database is away: it is all still in the outbox
+        with self._lock:
+            running = started | set(self._running)
+        wait_futures(running, timeout=max(0.0, deadline - time.monotonic()))
+
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the loop; wait up to ``timeout`` for attempts under way. An attempt cut short
         stays pending and is made again after a restart, with the same webhook-id."""
