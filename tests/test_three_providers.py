@@ -1,7 +1,8 @@
 """One bridge, three providers: an OpenAI, a Together and a Fireworks source in one
-``ftbridge run``, online against the W&B test server, killed (the whole process tree) in the
-middle and started again. Every job's run carries its provider's tags and status word, every
-step exactly once on the server, and the webhooks say which provider a job is on."""
+``ftbridge run``, online against the W&B test server, through storms of 429 and 503 answers,
+killed (the whole process tree) in the middle and started again. Every job's run carries its
+provider's tags and status word, every step exactly once on the server, and the webhooks say
+which provider a job is on."""
 
 from __future__ import annotations
 
@@ -95,10 +96,14 @@ def test_openai_together_and_fireworks_in_one_bridge_online(
             "WANDB_ENTITY": wandb_server.entity,
             "FTBRIDGE_WANDB_UPLOAD_INTERVAL": "3",
         }
+        emulator.set_faults(error_rate=0.2, status=429, retry_after=0.2)
         first = bridge.start_and_wait("run")
-        time.sleep(6)  # the jobs are training
+        time.sleep(6)  # the jobs are training, every API answering 429 now and then
         bridge.kill_tree(first)
+        emulator.set_faults(error_rate=0.2, status=503)
         again = bridge.start_and_wait("run")
+        time.sleep(4)
+        emulator.set_faults()
         wait_until(lambda: bridge.all_synced(3), 120, "every job of every provider synced")
 
         def ended() -> list[dict[str, Any]]:
