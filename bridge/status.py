@@ -179,7 +179,7 @@ def open_store(database_url: str) -> SqlStore:
 
 # Output
 def age(seconds: float | None) -> str:
-    """``42s``, ``5m``, ``3h``, ``2d``."""
+    """``42s``, ``5m``, ``3h``, ``2d``; ``-`` when unknown."""
     if seconds is None:
         return "-"
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):

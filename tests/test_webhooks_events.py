@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bridge.ports import StatusChange
+from bridge.sources.model import STATUSES
 from bridge.webhooks import events, schedule, signing
 from bridge.webhooks.events import WebhookEvent, chat_message, status_event
 from tests.factories import job
@@ -27,7 +28,7 @@ def change(status: str, previous: str | None = "running", **extra: Any) -> Statu
     return StatusChange("ftjob-1", previous, status, job(status=status, **extra))
 
 
-@pytest.mark.parametrize("status", events.STATUSES)
+@pytest.mark.parametrize("status", STATUSES)
 def test_every_known_status_maps_to_its_event_type(status: str) -> None:
     event = status_event(
         change(status), seq=2, run_url="https://wandb.ai/e/p/runs/x", created_at=NOW

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from bridge import mapping
+from bridge.status import age
 
 #: Eighths of a cell, lowest to highest.
 SPARK_CHARS = "▁▂▃▄▅▆▇█"
@@ -299,16 +300,6 @@ def run_link(job: JobRecord) -> str | None:
     if job.run_segment and location and location.startswith("/"):
         return "file://" + location
     return None
-
-
-def age(seconds: float | None) -> str:
-    """``42s``, ``5m``, ``3h``, ``2d``; ``-`` when unknown."""
-    if seconds is None:
-        return "-"
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{int(seconds // size)}{unit}"
-    return f"{int(seconds)}s"
 
 
 def number(value: float | None) -> str:

@@ -21,15 +21,6 @@ from bridge.ports import StatusChange
 Json = dict[str, Any]
 
 EVENT_PREFIX = "fine_tuning.job."
-STATUSES = (
-    "validating_files",
-    "queued",
-    "running",
-    "paused",
-    "succeeded",
-    "failed",
-    "cancelled",
-)
 TEST_EVENT_TYPE = "fine_tuning.job.test"
 
 
