@@ -2,42 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, cast
 
 from bridge.emulator.api import Api, Request, Response
+from bridge.httpserve import TrackedServer
 
 
-class HttpServer(ThreadingHTTPServer):
+class HttpServer(TrackedServer):
     """Serves one `Api`; `close_connections` drops kept-alive clients on stop."""
-
-    daemon_threads = True
 
     def __init__(self, address: tuple[str, int], api: Api) -> None:
         self.api = api
-        self._open: set[socket.socket] = set()
-        self._open_lock = threading.Lock()
         super().__init__(address, _Handler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self._open_lock:
-            self._open.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self._open_lock:
-            self._open.discard(request)
-        super().shutdown_request(request)
-
-    def close_connections(self) -> None:
-        with self._open_lock:
-            sockets = list(self._open)
-        for sock in sockets:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
 
 
 class _Handler(BaseHTTPRequestHandler):

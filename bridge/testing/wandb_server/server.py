@@ -7,16 +7,16 @@ same port again. With a `data_dir`, state survives a restart and a new process.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, cast
 
+from bridge.httpserve import TrackedServer
 from bridge.testing.wandb_server.app import App
 from bridge.testing.wandb_server.faults import Faults
 from bridge.testing.wandb_server.graphql import Context
@@ -30,34 +30,14 @@ API_KEY = "local-" + "ftbridge0test0key0" + "0" * 22
 DEFAULT_ENTITY = "ftbridge-tests"
 
 
-class HttpServer(ThreadingHTTPServer):
+class HttpServer(TrackedServer):
     """Serves one `App`; `close_connections` drops kept-alive clients on stop."""
 
-    daemon_threads = True
     allow_reuse_address = True
 
     def __init__(self, address: tuple[str, int], app: App) -> None:
         self.app = app
-        self._open: set[socket.socket] = set()
-        self._open_lock = threading.Lock()
         super().__init__(address, _Handler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self._open_lock:
-            self._open.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self._open_lock:
-            self._open.discard(request)
-        super().shutdown_request(request)
-
-    def close_connections(self) -> None:
-        with self._open_lock:
-            sockets = list(self._open)
-        for sock in sockets:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
 
 
 class _Handler(BaseHTTPRequestHandler):
