@@ -8,7 +8,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
@@ -19,6 +18,7 @@ from bridge.emulator.account import Account
 from bridge.emulator.errors import ApiError, invalid_url
 from bridge.emulator.faults import FaultInjector, Faults
 from bridge.emulator.scenario import JobScenario
+from bridge.httpserve import Request, Response
 
 # "/v1" is OpenAI's (and Azure's v1 API's) prefix; "/openai" is Azure's dated API versions,
 # which the AzureOpenAI client calls with an api-version query parameter.
@@ -40,26 +40,6 @@ ROUTES: list[tuple[str, re.Pattern[str], str]] = [
         ("GET", _FILE + "/content", "file_content"),
     ]
 ]
-
-
-@dataclass(frozen=True)
-class Request:
-    method: str
-    target: str  # path and query string
-    headers: dict[str, str]  # lower-case names
-    body: bytes = b""
-
-
-@dataclass
-class Response:
-    status: int
-    body: bytes
-    content_type: str = "application/json"
-    headers: dict[str, str] = field(default_factory=dict)
-
-    @classmethod
-    def json(cls, status: int, payload: Any, headers: dict[str, str] | None = None) -> Response:
-        return cls(status, json.dumps(payload).encode(), headers=headers or {})
 
 
 def _route(method: str, path: str) -> tuple[str, dict[str, str]]:

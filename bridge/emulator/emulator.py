@@ -14,6 +14,7 @@ from bridge.emulator.faults import FaultInjector, Faults
 from bridge.emulator.providers import provider_apis
 from bridge.emulator.scenario import JobScenario, Scenario
 from bridge.emulator.server import HttpServer
+from bridge.httpserve import serve_in_thread, stop_serving
 
 
 class Emulator:
@@ -50,21 +51,14 @@ class Emulator:
         self._server = HttpServer((self.host, self._port), self.api)
         self._port = self._server.server_address[1]
         self.clock.restart()
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(0.05,), name="ftbridge-emulator", daemon=True
-        )
-        self._thread.start()
+        self._thread = serve_in_thread(self._server, "ftbridge-emulator")
 
     def stop(self) -> None:
         """Stop serving and drop open connections."""
         server, self._server = self._server, None
         if server is None:
             return
-        server.shutdown()
-        server.close_connections()
-        server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        stop_serving(server, self._thread)
 
     def __enter__(self) -> Self:
         self.start()

@@ -58,10 +58,10 @@ from typing import Any
 
 from bridge.emulator import ids
 from bridge.emulator.account import Account
-from bridge.emulator.api import Request
 from bridge.emulator.errors import ApiError
 from bridge.emulator.metrics import StepValues, epoch_end_steps
 from bridge.emulator.timeline import JobPlan, Timeline
+from bridge.httpserve import Request
 
 COLLECTIONS = {
     "supervised": "supervisedFineTuningJobs",

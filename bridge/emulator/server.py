@@ -6,8 +6,8 @@ import socket
 from http.server import BaseHTTPRequestHandler
 from typing import Any, cast
 
-from bridge.emulator.api import Api, Request, Response
-from bridge.httpserve import TrackedServer
+from bridge.emulator.api import Api
+from bridge.httpserve import Request, Response, TrackedServer
 
 
 class HttpServer(TrackedServer):

@@ -15,10 +15,11 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from bridge.httpserve import Request, Response
 from bridge.testing.wandb_server import artifact_ops, public_ops, readapi, sdk_ops
 from bridge.testing.wandb_server.faults import Faults
 from bridge.testing.wandb_server.graphql import Context, Handler, execute, operation_name
-from bridge.testing.wandb_server.messages import Recorded, Request, Response
+from bridge.testing.wandb_server.messages import Recorded
 from bridge.testing.wandb_server.runs import apply_file_stream
 
 HANDLERS: dict[str, Handler] = {

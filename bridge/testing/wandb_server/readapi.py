@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from bridge.testing.wandb_server.messages import Response
+from bridge.httpserve import Response
 from bridge.testing.wandb_server.runs import RunRecord
 
 if TYPE_CHECKING:

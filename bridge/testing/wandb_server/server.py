@@ -16,11 +16,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, cast
 
-from bridge.httpserve import TrackedServer
+from bridge.httpserve import Request, Response, TrackedServer, serve_in_thread, stop_serving
 from bridge.testing.wandb_server.app import App
 from bridge.testing.wandb_server.faults import Faults
 from bridge.testing.wandb_server.graphql import Context
-from bridge.testing.wandb_server.messages import Recorded, Request, Response
+from bridge.testing.wandb_server.messages import Recorded
 from bridge.testing.wandb_server.runs import RunRecord
 from bridge.testing.wandb_server.store import Store
 
@@ -168,20 +168,13 @@ class WandbServer:
         self._server = server
         self._port = server.server_address[1]
         self._context.base_url = self.url
-        self._thread = threading.Thread(
-            target=server.serve_forever, args=(0.05,), name="wandb-test-server", daemon=True
-        )
-        self._thread.start()
+        self._thread = serve_in_thread(server, "wandb-test-server")
 
     def _unbind(self) -> None:
         server, self._server = self._server, None
         if server is None:
             return
-        server.shutdown()
-        server.close_connections()
-        server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        stop_serving(server, self._thread)
 
     def __enter__(self) -> Self:
         self.start()
