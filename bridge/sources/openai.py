@@ -126,8 +126,10 @@ class OpenAISource:
         # Job ids refused (id -> reason); each is logged once.
         self.quarantined: dict[str, str] = {}
         self._endless_listing_said = False
-        # Endpoints an OpenAI-compatible server lacks ("events", "checkpoints").
+        # Endpoints an OpenAI-compatible server lacks ("events", "checkpoints"), and the
+        # jobs they answered 404 for although the job is there.
         self.missing: set[str] = set()
+        self._without: dict[str, set[str]] = {"events": set(), "checkpoints": set()}
 
     @classmethod
     def create(
@@ -230,7 +232,7 @@ class OpenAISource:
                 job_id, limit=PAGE_SIZE, after=after if after is not None else openai.omit
             )
 
-        if "checkpoints" in self.missing:
+        if job_id in self._without["checkpoints"]:
             return []
         try:
             return [c for page in self._paged(f"checkpoints of {job_id}", fetch) for c in page]
@@ -253,7 +255,7 @@ class OpenAISource:
                 job_id, limit=PAGE_SIZE, after=after if after is not None else openai.omit
             )
 
-        if "events" in self.missing:
+        if job_id in self._without["events"]:
             return iter([[]])
         return self._events_or_none(job_id, self._paged(f"events of {job_id}", fetch))
 
@@ -266,13 +268,17 @@ class OpenAISource:
 
     def _endpoint_missing(self, job_id: str, endpoint: str) -> None:
         """A 404 on a job's events or checkpoints: the job is gone, or (an OpenAI-compatible
-        server) the endpoint does not exist. Asking for the job tells which; a missing
-        endpoint is said once and not asked again (the job then has no metrics from it)."""
+        server) the endpoint does not exist, for this job or any. Asking for the job tells
+        which; the endpoint is then not asked again for this job (which has no metrics from
+        it), and said once per source."""
         self.get_job(job_id)  # raises JobNotFound when the job itself is gone
+        self._without[endpoint].add(job_id)
+        if endpoint in self.missing:
+            return
         self.missing.add(endpoint)
         log.warning(
             "api.endpoint_missing",
             source=self.name,
             endpoint=endpoint,
-            detail=f"the API answers 404 for a job's {endpoint}: read without them",
+            detail=f"the API answers 404 for the {endpoint} of a job it has: read without them",
         )
