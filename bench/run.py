@@ -52,6 +52,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--lag-seconds", type=float, default=None, help="live-lag run (default 75, quick 20)"
     )
+    parser.add_argument(
+        "--latency",
+        type=float,
+        action="append",
+        help="seconds per API request in the backfill (repeatable; default 0 and 0.15)",
+    )
     parser.add_argument("--workdir", type=Path, help="keep files here (default: a temp dir)")
     parser.add_argument("--json", type=Path, help="also write the JSON figures to this file")
     return parser
@@ -64,6 +70,7 @@ def run(
     workdir: Path,
     soak_seconds: float | None = None,
     lag_seconds: float | None = None,
+    latencies: list[float] | None = None,
 ) -> dict[str, Any]:
     """Run the chosen benchmarks; returns their figures (also printed)."""
     from bench.api_cost import run_api_cost  # noqa: PLC0415 - after the sys.path fix
@@ -75,9 +82,14 @@ def run(
     soak = soak_seconds if soak_seconds is not None else (30.0 if quick else 600.0)
     lag_for = lag_seconds if lag_seconds is not None else (20.0 if quick else 75.0)
     steps: dict[str, Callable[[], dict[str, Any]]] = {
-        "backfill": lambda: run_backfill(
-            *((10, 20) if quick else (100, 200)), workdir / "backfill"
-        ),
+        "backfill": lambda: {
+            f"latency_{latency * 1000:g}ms": run_backfill(
+                *((10, 20) if quick else (100, 200)),
+                workdir / f"backfill-{latency * 1000:g}ms",
+                latency=latency,
+            )
+            for latency in (latencies or [0.0, 0.15])
+        },
         "lag": lambda: run_lag(10 if quick else 100, lag_for, workdir / "lag"),
         "api": lambda: run_api_cost(
             [1, 5] if quick else [1, 10, 50], [0, 20] if quick else [0, 100, 1000], workdir / "api"
@@ -136,24 +148,21 @@ def _jsonable(value: Any) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.workdir is not None:
-        args.workdir.mkdir(parents=True, exist_ok=True)
+    print(f"ftbridge benchmarks at revision {_revision()}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="ftbridge-bench-") as tmp:
+        workdir = Path(tmp)
+        if args.workdir is not None:
+            args.workdir.mkdir(parents=True, exist_ok=True)
+            workdir = args.workdir.resolve()
         results = run(
             args.which,
             quick=args.quick,
-            workdir=args.workdir.resolve(),
+            workdir=workdir,
             soak_seconds=args.soak_seconds,
             lag_seconds=args.lag_seconds,
+            latencies=args.latency,
         )
-    else:
-        with tempfile.TemporaryDirectory(prefix="ftbridge-bench-") as tmp:
-            results = run(
-                args.which,
-                quick=args.quick,
-                workdir=Path(tmp),
-                soak_seconds=args.soak_seconds,
-                lag_seconds=args.lag_seconds,
-            )
+    print(f"revision measured: {results['revision']}", flush=True)
     line = json.dumps(_jsonable(results), default=str, allow_nan=False, separators=(",", ":"))
     if args.json is not None:
         args.json.write_text(line + "\n", encoding="utf-8")
