@@ -26,10 +26,12 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-BENCHMARKS = ("backfill", "lag", "api", "footprint")
+BENCHMARKS = ("backfill", "lag", "live", "api", "footprint")
 DESCRIPTIONS = {
     "backfill": "100 finished jobs x 200 steps: ftbridge sync --all vs WandbLogger.sync vs floor",
     "lag": "100 running jobs, a step per second, poll 2 s: event creation -> row handed to W&B",
+    "live": "1,000 running jobs, a step every 5 s, 150 ms per request, poll 5 s: lag, "
+    "requests per cycle, RSS",
     "api": "requests per idle poll cycle with N active and M finished jobs",
     "footprint": "peak RSS of bridge + wandb-core, 1,000 jobs of which 100 running; soak",
 }
@@ -91,6 +93,15 @@ def run(
             for latency in (latencies or [0.0, 0.15])
         },
         "lag": lambda: run_lag(10 if quick else 100, lag_for, workdir / "lag"),
+        "live": lambda: run_lag(
+            50 if quick else 1000,
+            lag_for if lag_seconds is not None or quick else 120.0,
+            workdir / "live",
+            poll=5.0,
+            step_seconds=5.0,
+            latency=0.15,
+            slack=2.0,
+        ),
         "api": lambda: run_api_cost(
             [1, 5] if quick else [1, 10, 50], [0, 20] if quick else [0, 100, 1000], workdir / "api"
         ),
