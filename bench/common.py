@@ -63,13 +63,17 @@ def running_jobs(count: int, steps: int, *, step_seconds: float = 1.0) -> list[J
 
 
 class EmulatorProcess:
-    """``python -m bridge.emulator`` on a free port, so that it does not share our GIL."""
+    """``python -m bridge.emulator`` on a free port, so that it does not share our GIL.
 
-    def __init__(self, scenario: Scenario, workdir: Path) -> None:
+    ``latency``: seconds every API request waits before it is answered (the emulator's
+    latency fault; requests wait in parallel, as on a real server far away)."""
+
+    def __init__(self, scenario: Scenario, workdir: Path, *, latency: float = 0.0) -> None:
         self.path = workdir / "scenario.json"
         self.path.write_text(scenario.model_dump_json(), encoding="utf-8")
         self.proc: subprocess.Popen[str] | None = None
         self.base_url = ""
+        self.latency = latency
 
     def __enter__(self) -> Self:
         self.proc = subprocess.Popen(
@@ -92,6 +96,8 @@ class EmulatorProcess:
             self.proc.kill()
             raise RuntimeError(f"emulator did not start: {line!r}")
         self.base_url = line.removeprefix("listening on ")
+        if self.latency:
+            self.control("faults", {"latency": self.latency})
         return self
 
     def __exit__(
@@ -103,6 +109,18 @@ class EmulatorProcess:
         if self.proc is not None:
             self.proc.terminate()
             self.proc.wait(timeout=10)
+
+    def control(self, what: str, body: Result) -> Result:
+        """``POST /_emulator/<what>`` (faults, jobs, advance): steer the emulator."""
+        request = urllib.request.Request(  # noqa: S310 - our own server
+            self.base_url.removesuffix("/v1") + f"/_emulator/{what}",
+            data=json.dumps(body).encode(),
+            headers={"content-type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+            answer: Result = json.loads(response.read())
+        return answer
 
     def stats(self) -> Result:
         """``/_emulator/stats``: request counts and the emulated "now" (not counted itself)."""

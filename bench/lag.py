@@ -21,6 +21,7 @@ catches up on the steps made before the bridge started: a backfill, not live lag
 from __future__ import annotations
 
 import math
+import os
 import signal
 import threading
 import time
@@ -37,7 +38,9 @@ from bench.common import (
     percentile,
     running_jobs,
     say,
+    slope_per_minute,
     table,
+    tree_rss,
     verdict,
 )
 from bridge.app import build_bridge
@@ -57,9 +60,11 @@ class Observer:
     methods of the bridge's own objects (its sink's ``log`` and its ``poll``): whatever
     else holds the sink sees the same wrapper, and nothing else changes."""
 
-    def __init__(self, bridge: Bridge) -> None:
+    def __init__(self, bridge: Bridge, emu: EmulatorProcess) -> None:
         self.handoffs: list[tuple[str, int, float]] = []
         self.cycles: list[tuple[float, float, CycleStats]] = []
+        # API requests each cycle made (the emulator's counters, read around it).
+        self.requests: list[int] = []
         self._lock = threading.Lock()
         log_rows = bridge.sink.log
         poll = bridge.poll
@@ -71,26 +76,44 @@ class Observer:
                 self.handoffs.extend((run_id, placed.row.step, now) for placed in rows)
 
         def timed_poll() -> CycleStats:
+            before = emu.stats()["request_count"]
             started = time.time()
             stats = poll()
             self.cycles.append((started, time.time(), stats))
+            self.requests.append(int(emu.stats()["request_count"]) - int(before))
             return stats
 
         setattr(bridge.sink, "log", timed_log)  # noqa: B010 - an instance attribute on purpose
         setattr(bridge, "poll", timed_poll)  # noqa: B010
 
 
-def run_lag(n_jobs: int, seconds: float, workdir: Path) -> Result:
+def run_lag(
+    n_jobs: int,
+    seconds: float,
+    workdir: Path,
+    *,
+    poll: float = POLL_INTERVAL,
+    step_seconds: float = 1.0,
+    latency: float = 0.0,
+    slack: float = 1.0,
+) -> Result:
+    """Lag of rows from running jobs (a step every ``step_seconds``), polled every ``poll``
+    seconds with ``latency`` seconds per API request; target p95 < ``poll + slack``. Also
+    counts API requests per cycle and samples the RSS of this process and its children
+    (the wandb-core it starts)."""
     say(
-        f"\n== 2. Live lag: {n_jobs} running jobs, a step per second, poll every "
-        f"{POLL_INTERVAL:g} s, {seconds:g} s measured =="
+        f"\n== 2. Live lag: {n_jobs} running jobs, a step every {step_seconds:g} s, poll "
+        f"every {poll:g} s, {latency * 1000:g} ms per API request, {seconds:g} s measured =="
     )
     workdir.mkdir(parents=True, exist_ok=True)
-    steps = int(seconds + 180)  # long enough to run past the first cycle and the window
+    # Long enough to run past the first cycle (opening every run) and the window.
+    steps = int((seconds + 180 + n_jobs * 0.2) / step_seconds)
     scenario = Scenario(
-        seed=2, start_time=float(math.floor(time.time())), jobs=running_jobs(n_jobs, steps)
+        seed=2,
+        start_time=float(math.floor(time.time())),
+        jobs=running_jobs(n_jobs, steps, step_seconds=step_seconds),
     )
-    with EmulatorProcess(scenario, workdir) as emu:
+    with EmulatorProcess(scenario, workdir, latency=latency) as emu:
         offset_before = emu.clock_offset()
         settings = load_settings(
             None,
@@ -100,7 +123,7 @@ def run_lag(n_jobs: int, seconds: float, workdir: Path) -> Result:
             wandb_dir=workdir,
             wandb_project=PROJECT,
             database_url=f"sqlite:///{workdir / 'state.db'}",
-            poll_interval=POLL_INTERVAL,
+            poll_interval=poll,
             log_format="json",
             log_level="warning",
         )
@@ -108,7 +131,9 @@ def run_lag(n_jobs: int, seconds: float, workdir: Path) -> Result:
         bridge = build_bridge(settings)
         if not isinstance(bridge, Bridge):
             raise TypeError("the lag benchmark expects one source (one Bridge)")
-        observer = Observer(bridge)
+        observer = Observer(bridge, emu)
+        sampler = RssSampler(os.getpid())
+        sampler.start()
 
         def done() -> bool:
             cycles = observer.cycles
@@ -128,10 +153,69 @@ def run_lag(n_jobs: int, seconds: float, workdir: Path) -> Result:
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
             bridge.store.close()
+            sampler.stop()
             wandb.teardown()
         offset_after = emu.clock_offset()
     offset = (offset_before + offset_after) / 2
-    return _report(n_jobs, seconds, workdir, observer, started, offset, offset_after)
+    result = _report(n_jobs, seconds, workdir, observer, started, offset, offset_after, poll, slack)
+    result.update(
+        step_seconds=step_seconds,
+        latency_s=latency,
+        requests_per_cycle=_requests_per_cycle(observer),
+        rss_peak_mb=sampler.peak_mb,
+        rss_slope_mb_per_min=sampler.slope_after(result["first_cycle_s"] + 30),
+        rss_curve_mb=sampler.curve(),
+    )
+    say(
+        f"  API requests per cycle after the first: {result['requests_per_cycle']} "
+        f"(N + 1 = {n_jobs + 1} when nothing else is due); RSS of this process and its "
+        f"wandb-core: peak {sampler.peak_mb:.0f} MB (target < 400: "
+        f"{verdict(sampler.peak_mb < 400)}), slope after the first cycle + 30 s "
+        f"{result['rss_slope_mb_per_min']:.2f} MB/min"
+    )
+    return result
+
+
+def _requests_per_cycle(observer: Observer) -> Result:
+    counts = observer.requests[1:]
+    return {
+        "p50": percentile(counts, 50),
+        "max": max(counts, default=math.nan),
+        "cycles": len(counts),
+    }
+
+
+class RssSampler:
+    """The RSS of a process tree, sampled every second in a thread."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-rss", daemon=True)
+        self._started = time.monotonic()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0):
+            self.samples.append((time.monotonic() - self._started, tree_rss(self.pid) / 2**20))
+
+    @property
+    def peak_mb(self) -> float:
+        return max((mb for _, mb in self.samples), default=math.nan)
+
+    def slope_after(self, seconds: float) -> float:
+        return slope_per_minute([(t, mb) for t, mb in self.samples if t >= seconds])
+
+    def curve(self) -> list[list[float]]:
+        """Every tenth sample: (seconds, MB)."""
+        return [[round(t), round(mb, 1)] for t, mb in self.samples[::10]]
 
 
 def _event_times(workdir: Path) -> dict[tuple[str, int], int]:
@@ -155,6 +239,8 @@ def _report(  # noqa: PLR0917 - one call site, in order
     started: float,
     offset: float,
     offset_after: float,
+    poll: float,
+    slack: float,
 ) -> Result:
     created = _event_times(workdir)
     first_cycle_end = observer.cycles[0][1] if observer.cycles else started
@@ -172,12 +258,11 @@ def _report(  # noqa: PLR0917 - one call site, in order
     )
     durations = [end - begin for begin, end, _ in observer.cycles[1:]]
     p50, p95, p99 = (percentile(lags, q) for q in (50, 95, 99))
-    target = POLL_INTERVAL + 1.0
+    target = poll + slack
     say()
     say(
         table(
-            f"Live lag, {n_jobs} jobs x 1 step/s, poll {POLL_INTERVAL:g} s "
-            "(event created -> row handed to W&B)",
+            f"Live lag, {n_jobs} jobs, poll {poll:g} s (event created -> row handed to W&B)",
             ["rows", "p50 s", "p95 s", "p99 s", "max s", "target p95 s", "result"],
             [
                 [
@@ -208,7 +293,7 @@ def _report(  # noqa: PLR0917 - one call site, in order
     )
     return {
         "jobs": n_jobs,
-        "poll_interval_s": POLL_INTERVAL,
+        "poll_interval_s": poll,
         "window_s": seconds,
         "rows": len(lags),
         "events_in_window": in_window,

@@ -26,10 +26,12 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-BENCHMARKS = ("backfill", "lag", "api", "footprint")
+BENCHMARKS = ("backfill", "lag", "live", "api", "footprint")
 DESCRIPTIONS = {
     "backfill": "100 finished jobs x 200 steps: ftbridge sync --all vs WandbLogger.sync vs floor",
     "lag": "100 running jobs, a step per second, poll 2 s: event creation -> row handed to W&B",
+    "live": "1,000 running jobs, a step every 5 s, 150 ms per request, poll 5 s: lag, "
+    "requests per cycle, RSS",
     "api": "requests per idle poll cycle with N active and M finished jobs",
     "footprint": "peak RSS of bridge + wandb-core, 1,000 jobs of which 100 running; soak",
 }
@@ -52,6 +54,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--lag-seconds", type=float, default=None, help="live-lag run (default 75, quick 20)"
     )
+    parser.add_argument(
+        "--latency",
+        type=float,
+        action="append",
+        help="seconds per API request in the backfill (repeatable; default 0 and 0.15)",
+    )
     parser.add_argument("--workdir", type=Path, help="keep files here (default: a temp dir)")
     parser.add_argument("--json", type=Path, help="also write the JSON figures to this file")
     return parser
@@ -64,6 +72,7 @@ def run(
     workdir: Path,
     soak_seconds: float | None = None,
     lag_seconds: float | None = None,
+    latencies: list[float] | None = None,
 ) -> dict[str, Any]:
     """Run the chosen benchmarks; returns their figures (also printed)."""
     from bench.api_cost import run_api_cost  # noqa: PLC0415 - after the sys.path fix
@@ -75,10 +84,24 @@ def run(
     soak = soak_seconds if soak_seconds is not None else (30.0 if quick else 600.0)
     lag_for = lag_seconds if lag_seconds is not None else (20.0 if quick else 75.0)
     steps: dict[str, Callable[[], dict[str, Any]]] = {
-        "backfill": lambda: run_backfill(
-            *((10, 20) if quick else (100, 200)), workdir / "backfill"
-        ),
+        "backfill": lambda: {
+            f"latency_{latency * 1000:g}ms": run_backfill(
+                *((10, 20) if quick else (100, 200)),
+                workdir / f"backfill-{latency * 1000:g}ms",
+                latency=latency,
+            )
+            for latency in (latencies or [0.0, 0.15])
+        },
         "lag": lambda: run_lag(10 if quick else 100, lag_for, workdir / "lag"),
+        "live": lambda: run_lag(
+            50 if quick else 1000,
+            lag_for if lag_seconds is not None or quick else 120.0,
+            workdir / "live",
+            poll=5.0,
+            step_seconds=5.0,
+            latency=0.15,
+            slack=2.0,
+        ),
         "api": lambda: run_api_cost(
             [1, 5] if quick else [1, 10, 50], [0, 20] if quick else [0, 100, 1000], workdir / "api"
         ),
@@ -136,24 +159,21 @@ def _jsonable(value: Any) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.workdir is not None:
-        args.workdir.mkdir(parents=True, exist_ok=True)
+    print(f"ftbridge benchmarks at revision {_revision()}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="ftbridge-bench-") as tmp:
+        workdir = Path(tmp)
+        if args.workdir is not None:
+            args.workdir.mkdir(parents=True, exist_ok=True)
+            workdir = args.workdir.resolve()
         results = run(
             args.which,
             quick=args.quick,
-            workdir=args.workdir.resolve(),
+            workdir=workdir,
             soak_seconds=args.soak_seconds,
             lag_seconds=args.lag_seconds,
+            latencies=args.latency,
         )
-    else:
-        with tempfile.TemporaryDirectory(prefix="ftbridge-bench-") as tmp:
-            results = run(
-                args.which,
-                quick=args.quick,
-                workdir=Path(tmp),
-                soak_seconds=args.soak_seconds,
-                lag_seconds=args.lag_seconds,
-            )
+    print(f"revision measured: {results['revision']}", flush=True)
     line = json.dumps(_jsonable(results), default=str, allow_nan=False, separators=(",", ":"))
     if args.json is not None:
         args.json.write_text(line + "\n", encoding="utf-8")

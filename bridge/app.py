@@ -47,11 +47,13 @@ def build_bridge(
     environ: Mapping[str, str] | None = None,
     *,
     job_budget: float | None = None,
+    claim_lock: bool = True,
 ) -> Bridge | BridgeGroup:
     """One ``Bridge`` for one source; a ``BridgeGroup`` for the TOML file's ``[[sources]]``.
     ``environ`` is where ``api_key_env`` names are looked up (the process environment);
     ``job_budget``: seconds a cycle waits for one job's reads (the daemon's; None for a
-    one-shot sync, which waits for every job)."""
+    one-shot sync, which waits for every job); ``claim_lock=False`` for a writer process of
+    a sync, whose parent holds the SQLite lock (``bridge.writers``)."""
     configs = source_configs(settings)
     routes = routes_of(settings)
     env = os.environ if environ is None else environ
@@ -70,7 +72,8 @@ def build_bridge(
         if targets
         else None,
     )
-    store.claim_single_process()
+    if claim_lock:
+        store.claim_single_process()
     sink = WandbSink(options)
     leases = Leases(store.engine, owner=settings.replica_id, ttl=settings.lease_seconds)
     dispatcher = dispatcher_for(store.engine, targets, settings, owner=leases.owner)

@@ -7,6 +7,7 @@ import os
 import sys
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
@@ -29,6 +30,7 @@ from bridge.status import open_store, run_status
 from bridge.store import SqlStore, create_db_engine
 from bridge.views.live import watch_status
 from bridge.views.show import run_show
+from bridge.writers import WriterPool, share_out, writer_count
 
 log = structlog.get_logger(__name__)
 
@@ -296,7 +298,9 @@ def _sync(settings: Settings, args: argparse.Namespace) -> int:
     if bridge.dispatcher is not None:
         bridge.dispatcher.start()
     try:
-        stats = sync_once(bridge, None if args.all else list(args.jobs))
+        stats = sync_once(
+            bridge, None if args.all else list(args.jobs), writers=_writers(settings, args)
+        )
     except Interrupted:
         stats = CycleStats(errors=["interrupted"])
     finally:
@@ -311,15 +315,47 @@ def _sync(settings: Settings, args: argparse.Namespace) -> int:
     return 1 if stats.errors else 0
 
 
-def sync_once(bridge: Bridge | BridgeGroup, job_ids: list[str] | None) -> CycleStats:
-    """One pass over every job (``None``) or the given ones; open runs are finished after."""
+def _writers(settings: Settings, args: argparse.Namespace) -> Writers | None:
+    """How a backfill may be shared out among writer processes (``bridge.writers``); None
+    for an in-memory store, which other processes cannot open."""
+    if settings.database_url in ("sqlite://", "sqlite:///:memory:"):
+        return None
+    return Writers(settings.sync_writers, args.config, settings.shutdown_timeout)
+
+
+@dataclass(frozen=True)
+class Writers:
+    count: int  # 0: one per core
+    config: Path | None
+    shutdown_timeout: float
+
+
+def sync_once(
+    bridge: Bridge | BridgeGroup, job_ids: list[str] | None, writers: Writers | None = None
+) -> CycleStats:
+    """One pass over every job (``None``) or the given ones; open runs are finished after.
+    A backfill of many jobs is shared out among ``writers`` processes: this one writes the
+    first share."""
     stats = CycleStats()
     bridge.recover()
     try:
         if job_ids is None:
             stats.jobs_seen = bridge.discover(full=True)
-            with SyncProgress(len(bridge.store.unsynced_jobs())) as progress:
-                bridge.sync_unsynced(stats, progress.advance)
+            unsynced = [state.job_id for state in bridge.store.unsynced_jobs()]
+            count = writer_count(writers.count, len(unsynced)) if writers else 1
+            shares = share_out(unsynced, count)
+            with SyncProgress(len(shares[0])) as progress:
+                if count == 1 or writers is None or bridge.leases is None:
+                    bridge.sync_unsynced(stats, progress.advance)
+                else:
+                    with WriterPool(
+                        shares[1:],
+                        replica_id=bridge.leases.owner,
+                        config=writers.config,
+                        shutdown_timeout=writers.shutdown_timeout,
+                    ) as pool:
+                        bridge.sync_unsynced(stats, progress.advance, only=set(shares[0]))
+                        pool.wait(stats, bridge.stopping)
         else:
             for job_id in job_ids:
                 _sync_one(bridge, job_id, stats)

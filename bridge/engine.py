@@ -19,9 +19,10 @@ The cursor rules that make it lossless, as the W&B server sees it:
 from __future__ import annotations
 
 import functools
+import math
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -46,6 +47,16 @@ from bridge.routing import JobFilter, Route
 from bridge.webhooks import Dispatcher
 
 log = structlog.get_logger(__name__)
+
+#: Threads reading the API when their number follows its latency (``fetch_workers = 0``).
+MIN_FETCH_WORKERS, MAX_FETCH_WORKERS = 4, 64
+#: Seconds within which a cycle's API reads should be done, when sized to latency.
+READ_SPAN = 1.0
+#: API requests a job's reads take, before any was timed: a finished job's event pages,
+#: checkpoints and result file; a running job's first events page.
+REQUESTS_FINISHED, REQUESTS_ACTIVE = 5, 1
+#: Jobs on a page of the listing (the APIs' usual maximum).
+LIST_PAGE = 100
 
 
 @dataclass
@@ -102,7 +113,13 @@ class Bridge:
         self.refresh_after = 60.0
         self._retrying: set[str] = set()
         self._quarantine_kept: set[str] = set()
-        self.fetch_workers = 4
+        # Threads reading the API; 0: as many as the API's latency calls for.
+        self.fetch_workers = 0
+        # Seconds one API request took (listing pages) and one job's reads took (a moving
+        # average), which size the reading threads.
+        self._request_seconds: float | None = None
+        self._job_read_seconds: float | None = None
+        self._timing_lock = threading.Lock()
         # Seconds a cycle waits for one job's API reads (None: as long as they take).
         self.job_budget: float | None = None
         self._reads = ReadsInFlight()
@@ -177,10 +194,18 @@ class Bridge:
         for job in self._listed_jobs(full):
             seen.add(str(job["id"]))
         self._keep_quarantined()
-        for state in self.store.unsynced_jobs(self.source.name):
-            if state.job_id not in seen and not self.stopping.is_set() and self._stale(state):
-                self.refresh(state.job_id)
-                seen.add(state.job_id)
+        stale = [
+            state.job_id
+            for state in self.store.unsynced_jobs(self.source.name)
+            if state.job_id not in seen and self._stale(state)
+        ]
+        if not full and len(stale) > 1 and len(stale) > 1 + len(self.store.all_jobs()) // LIST_PAGE:
+            # Listing every page costs fewer requests than getting each of them.
+            seen.update(str(job["id"]) for job in self._listed_jobs(full=True))
+        for job_id in stale:
+            if job_id not in seen and not self.stopping.is_set():
+                self.refresh(job_id)
+                seen.add(job_id)
         return len(seen)
 
     def _keep_quarantined(self) -> None:
@@ -199,7 +224,13 @@ class Bridge:
 
     def _listed_jobs(self, full: bool) -> Iterator[Json]:
         reached_known = False
-        for page in self.source.job_pages():
+        pages = iter(self.source.job_pages())
+        while True:
+            started = time.monotonic()
+            page = next(pages, None)
+            if page is None:
+                return
+            self._request_seconds = time.monotonic() - started
             for job in page:
                 if self.job_filter.too_old(job):
                     return  # newest first: every job after this one is older still
@@ -244,22 +275,33 @@ class Bridge:
         return mapping.run_spec(job, defaults, self.source.name)
 
     def sync_unsynced(
-        self, stats: CycleStats, on_job: Callable[[JobState], object] | None = None
+        self,
+        stats: CycleStats,
+        on_job: Callable[[JobState], object] | None = None,
+        *,
+        only: Collection[str] | None = None,
     ) -> None:
-        """Sync every job this replica works on. Their API reads run in a few threads; each
-        job goes to W&B (on this thread) as soon as its reads are done, so that reading the
-        next jobs overlaps writing this one."""
-        claimed = self._claim(self.store.unsynced_jobs(self.source.name))
+        """Sync every job this replica works on (of ``only``, when given: a writer's share of
+        a backfill). Their API reads run in a few threads; each job goes to W&B (on this
+        thread) as soon as its reads are done, so that reading the next jobs overlaps writing
+        this one."""
+        unsynced = self.store.unsynced_jobs(self.source.name)
+        if only is not None:
+            unsynced = [state for state in unsynced if state.job_id in only]
+        claimed = self._claim(unsynced)
         if not claimed:
             return
-        pool = ThreadPoolExecutor(max(1, self.fetch_workers), thread_name_prefix="ftbridge-fetch")
+        threads = self.reading_threads(claimed)
+        pool = ThreadPoolExecutor(threads, thread_name_prefix="ftbridge-fetch")
         refused: list[SinkUnavailable] = []
         budget: JobBudget[tuple[int, JobState]] = JobBudget(
             self.job_budget, self.stopping, self._reads
         )
         try:
             futures = {
-                budget.submit(pool, state.job_id, functools.partial(self._fetch, state)): state
+                budget.submit(
+                    pool, state.job_id, functools.partial(self._timed_fetch, state)
+                ): state
                 for state in claimed
                 if not budget.busy(state.job_id)  # still read by an earlier cycle
             }
@@ -293,6 +335,33 @@ class Bridge:
             # W&B took nothing: fail the cycle, so that the daemon backs off instead of
             # trying every job again (each up to the init timeout) on every cycle.
             raise refused[0]
+
+    def reading_threads(self, jobs: Sequence[JobState]) -> int:
+        """Threads for this cycle's API reads: ``fetch_workers`` when set; else enough for
+        the reads to be done within ``READ_SPAN`` (Little's law on what the last reads
+        took), bounded by MIN/MAX_FETCH_WORKERS and the number of jobs."""
+        if self.fetch_workers:
+            return self.fetch_workers
+        per_job = self._job_read_seconds
+        if per_job is not None:
+            seconds = per_job * len(jobs)
+        else:
+            request = self._request_seconds or 0.0
+            seconds = request * sum(
+                REQUESTS_FINISHED if mapping.is_terminal(s.status) else REQUESTS_ACTIVE
+                for s in jobs
+            )
+        wanted = math.ceil(seconds / READ_SPAN)
+        return max(1, min(len(jobs), MAX_FETCH_WORKERS, max(MIN_FETCH_WORKERS, wanted)))
+
+    def _timed_fetch(self, state: JobState) -> tuple[int, JobState]:
+        started = time.monotonic()
+        result = self._fetch(state)
+        took = time.monotonic() - started
+        with self._timing_lock:
+            last = self._job_read_seconds
+            self._job_read_seconds = took if last is None else 0.8 * last + 0.2 * took
+        return result
 
     def _retry_later(self, job_id: str, error: RetryableError) -> None:
         """Said once while a job keeps failing, then only as debug."""

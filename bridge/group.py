@@ -4,7 +4,7 @@ the dispatcher and the stop flag; polled one after another in each cycle."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 import structlog
 
@@ -79,10 +79,14 @@ class BridgeGroup:
         return sum(bridge.discover(full=full) for bridge in self.bridges)
 
     def sync_unsynced(
-        self, stats: CycleStats, on_job: Callable[[JobState], object] | None = None
+        self,
+        stats: CycleStats,
+        on_job: Callable[[JobState], object] | None = None,
+        *,
+        only: Collection[str] | None = None,
     ) -> None:
         for bridge in self.bridges:
-            bridge.sync_unsynced(stats, on_job)
+            bridge.sync_unsynced(stats, on_job, only=only)
 
     def sync_one(self, job_id: str, stats: CycleStats) -> None:
         for bridge in self.bridges:

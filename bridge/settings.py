@@ -88,7 +88,10 @@ class Settings(BaseSettings):
     # The status page (GET / on the health port): off unless asked for; a bearer token if set.
     status_page: bool = False
     status_token: SecretStr | None = None
-    fetch_workers: int = Field(default=4, ge=1, le=32)
+    # Threads reading the API; 0: sized each cycle to the API's latency (up to 64).
+    fetch_workers: int = Field(default=0, ge=0, le=128)
+    # Processes writing a backfill (sync), each with its own wandb-core; 0: one per core.
+    sync_writers: int = Field(default=0, ge=0, le=16)
     lease_seconds: float = _seconds(30.0, low=3, high=600, low_inclusive=True)
     replica_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]{1,128}$")
     log_datasets: bool = False

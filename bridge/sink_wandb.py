@@ -10,6 +10,7 @@ and that is what survived.
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import time
 from collections.abc import Sequence
@@ -50,6 +51,10 @@ class WandbOptions:
     # Seconds between wandb-core's history uploads online (whole seconds: wandb-core
     # truncates; its default is 15).
     upload_interval: int = 2
+    # wandb-core's Go garbage collector target (GOGC, Go's default 100): lower keeps the
+    # heap of many open runs smaller for a little more CPU (1,000 open runs: about 280 MB
+    # at 100, 180 MB at 25). None leaves the environment's.
+    core_gogc: int | None = 25
 
 
 def quiet_settings(**settings: Any) -> Any:
@@ -77,6 +82,9 @@ class WandbSink:
         self._blocked: set[str] = set()
         self._failed_at: float | None = None
         options.directory.mkdir(parents=True, exist_ok=True)
+        if options.core_gogc is not None:
+            # Read by wandb-core when it starts (it inherits this process's environment).
+            os.environ.setdefault("GOGC", str(options.core_gogc))
         # The process-wide settings: wandb's own terminal messages stay out of our logs.
         wandb.setup(wandb.Settings(silent=True, show_info=False))
 
