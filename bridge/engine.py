@@ -30,6 +30,7 @@ import structlog
 from bridge import mapping, prices, routing
 from bridge.budget import JobBudget, ReadsInFlight
 from bridge.errors import JobNotFound, RetryableError, SinkUnavailable
+from bridge.evals.sampler import Sampler
 from bridge.leases import Leases
 from bridge.links import Links
 from bridge.mapping import WandbDefaults
@@ -96,6 +97,8 @@ class Bridge:
         self.dispatcher: Dispatcher | None = None
         self.outputs = Outputs(source, sink, store)
         self.links = Links(source.name, sink, store)
+        # Base vs fine-tuned samples of a succeeded job (``bridge.evals``); None = off.
+        self.sampler: Sampler | None = None
         # When each job's snapshot was last read from the API (monotonic), and which jobs
         # got events that may come with a status change.
         self._fetched_at: dict[str, float] = {}
@@ -403,6 +406,8 @@ class Bridge:
             if state.status == "failed":
                 self.sink.alert(job_id, *mapping.alert_text(state.job))
             self.outputs.model(state)
+            if self.sampler is not None:
+                self.sampler.run(state)
             self.sink.finish(job_id, mapping.exit_code(state.status))
             self.store.mark_durable(job_id)
             self.store.set_run(job_id, "finished")
