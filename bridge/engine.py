@@ -31,7 +31,9 @@ import structlog
 from bridge import mapping, prices, routing
 from bridge.budget import JobBudget, ReadsInFlight
 from bridge.errors import JobNotFound, RetryableError, SinkUnavailable
+from bridge.evals.sampler import Sampler
 from bridge.leases import Leases
+from bridge.links import Links
 from bridge.mapping import WandbDefaults
 from bridge.outputs import Outputs, epoch_ended
 from bridge.ports import (
@@ -105,6 +107,9 @@ class Bridge:
         # Delivers what status changes wrote to the outbox; None when there are no targets.
         self.dispatcher: Dispatcher | None = None
         self.outputs = Outputs(source, sink, store)
+        self.links = Links(source.name, sink, store)
+        # Base vs fine-tuned samples of a succeeded job (``bridge.evals``); None = off.
+        self.sampler: Sampler | None = None
         # When each job's snapshot was last read from the API (monotonic), and which jobs
         # got events that may come with a status change.
         self._fetched_at: dict[str, float] = {}
@@ -169,6 +174,7 @@ class Bridge:
         if self.dispatcher is not None:
             self.dispatcher.wake()  # status changes are in the outbox: deliver them now
         self.sync_unsynced(stats)
+        self.links.sweep(self._spec)
         self.unblock_sink()
         return stats
 
@@ -244,6 +250,7 @@ class Bridge:
 
     def observe(self, job: Json) -> None:
         self._fetched_at[str(job["id"])] = time.monotonic()
+        self.links.saw(job)
         spec = self._spec(job)
         url = mapping.run_url(spec, self.defaults.app_url)
         change = self.store.record_job(self.source.name, job, run_url=url)
@@ -272,7 +279,7 @@ class Bridge:
 
     def _spec(self, job: Json) -> mapping.RunSpec:
         defaults = routing.destination(job, self.defaults, self.routes)
-        return mapping.run_spec(job, defaults, self.source.name)
+        return self.links.annotate(mapping.run_spec(job, defaults, self.source.name), job)
 
     def sync_unsynced(
         self,
@@ -454,6 +461,7 @@ class Bridge:
                 self._final(job_id)
             return
         self._ensure_open(state)
+        self.links.link(state, self._spec)
         if self.dataset_rows:
             self.outputs.datasets(state, self.dataset_rows)
         terminal = mapping.is_terminal(state.status)
@@ -467,11 +475,14 @@ class Bridge:
             if state.status == "failed":
                 self.sink.alert(job_id, *mapping.alert_text(state.job))
             self.outputs.model(state)
+            if self.sampler is not None:
+                self.sampler.run(state)
             self.sink.finish(job_id, mapping.exit_code(state.status))
             self.store.mark_durable(job_id)
             self.store.set_run(job_id, "finished")
             self._done_with(job_id)
             self._final(job_id)
+            self.links.link_children(state, self._spec)
             stats.runs_finished += 1
             log.info("run.finished", job_id=job_id, status=state.status, replica=self._replica)
 
@@ -535,6 +546,7 @@ class Bridge:
     def _summary(self, state: JobState, logged: list[StoredEvent]) -> Json:
         summary = mapping.run_summary(state.job)
         summary["source"] = self.source.name
+        summary.update(self.links.summary(state.job))
         totals = [t for e in logged if (t := mapping.total_steps(e.event)) is not None]
         if totals:
             summary["total_steps"] = totals[-1]

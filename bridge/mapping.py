@@ -93,6 +93,16 @@ def _artifact_name(text: str) -> str:
     return "".join(c if (c.isascii() and c.isalnum()) or c in "-_." else "-" for c in text)[:128]
 
 
+def model_artifact_name(job_id: str) -> str:
+    """The name of a job's fine-tuned model artifact."""
+    return _artifact_name(f"{job_id}-model")
+
+
+def checkpoint_artifact_name(job_id: str) -> str:
+    """The name of a job's checkpoint artifact (one version per checkpoint, alias ``step-N``)."""
+    return _artifact_name(f"{job_id}-checkpoint")
+
+
 def checkpoint_artifact(
     job_id: str, checkpoint: Mapping[str, Any], provider: str = DEFAULT_PROVIDER
 ) -> ArtifactSpec | None:
@@ -107,7 +117,7 @@ def checkpoint_artifact(
     numbers.pop("step", None)
     return ArtifactSpec(
         key=f"checkpoint:{checkpoint.get('id') or step}",
-        name=_artifact_name(f"{job_id}-checkpoint"),
+        name=checkpoint_artifact_name(job_id),
         type="model",
         aliases=(f"step-{step}",),
         metadata={
@@ -134,7 +144,7 @@ def model_artifact(job: Mapping[str, Any]) -> ArtifactSpec | None:
     job_id = str(job.get("id"))
     return ArtifactSpec(
         key="model",
-        name=_artifact_name(f"{job_id}-model"),
+        name=model_artifact_name(job_id),
         type="model",
         aliases=("latest", job_id),
         metadata={

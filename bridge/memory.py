@@ -86,6 +86,7 @@ class MemoryRun:
     preempted: bool = False
     alerts: list[tuple[str, str]] = field(default_factory=list)
     artifacts: list[ArtifactSpec] = field(default_factory=list)
+    used: list[str] = field(default_factory=list)
 
 
 class MemorySink:
@@ -167,6 +168,9 @@ class MemorySink:
 
     def log_artifact(self, run_id: str, spec: ArtifactSpec) -> None:
         self._current(run_id).artifacts.append(spec)
+
+    def use_artifact(self, run_id: str, path: str, kind: str) -> None:
+        self._current(run_id).used.append(path)
 
     def durable_steps(self, segment: str) -> set[int] | None:
         if self.online:

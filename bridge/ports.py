@@ -86,6 +86,11 @@ class RunSink(Protocol):
 
     def log_artifact(self, run_id: str, spec: ArtifactSpec) -> None: ...
 
+    def use_artifact(self, run_id: str, path: str, kind: str) -> None:
+        """Record that the run used the artifact ``<entity>/<project>/<name>:<alias>`` (W&B's
+        lineage). Offline, where wandb cannot use artifacts, nothing is recorded."""
+        ...
+
 
 @dataclass(frozen=True)
 class JobState:

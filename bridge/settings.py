@@ -96,6 +96,10 @@ class Settings(BaseSettings):
     replica_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]{1,128}$")
     log_datasets: bool = False
     dataset_sample_rows: int = Field(default=100, ge=1, le=10_000)
+    eval_samples: int = Field(default=0, ge=0, le=200)
+    eval_max_tokens: int = Field(default=256, ge=1, le=4096)
+    eval_token_budget: int = Field(default=100_000, ge=1, le=10_000_000)
+    eval_deadline: float = _seconds(120.0, low=1, high=3600, low_inclusive=True)
     sources: list[dict[str, Any]] = Field(default_factory=list)
     filters: dict[str, Any] = Field(default_factory=dict)
     routes: list[dict[str, Any]] = Field(default_factory=list)

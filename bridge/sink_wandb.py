@@ -243,6 +243,15 @@ class WandbSink:
                 f"W&B did not take artifact {spec.name}: {_reason(error)}"
             ) from None
 
+    def use_artifact(self, run_id: str, path: str, kind: str) -> None:
+        run = self._run(run_id)
+        if not self.online:
+            return  # wandb refuses offline; the run's config, summary and tags say it
+        try:
+            run.use_artifact(path, type=kind)
+        except Exception as error:  # noqa: BLE001
+            raise SinkUnavailable(f"W&B did not give artifact {path}: {_reason(error)}") from None
+
     def update_config(self, run_id: str, config: Json) -> None:
         run = self._run(run_id)
         try:

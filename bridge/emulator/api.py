@@ -13,7 +13,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import ValidationError
 
-from bridge.emulator import ids
+from bridge.emulator import chat, ids
 from bridge.emulator.account import Account
 from bridge.emulator.errors import ApiError, invalid_url
 from bridge.emulator.faults import FaultInjector, Faults
@@ -38,6 +38,7 @@ ROUTES: list[tuple[str, re.Pattern[str], str]] = [
         ("POST", _JOB + "/resume", "resume"),
         ("GET", _FILE, "retrieve_file"),
         ("GET", _FILE + "/content", "file_content"),
+        ("POST", _API + r"/chat/completions", "chat"),
     ]
 ]
 
@@ -175,6 +176,8 @@ class Api:
             return account.list_checkpoints(ident, query)
         if kind in ("cancel", "pause", "resume"):
             return account.intervene(ident, kind)  # type: ignore[arg-type]
+        if kind == "chat":
+            return chat.complete(_json_body(request))
         if kind == "retrieve_file":
             return account.file(ident)
         return account.file_content(ident)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -30,6 +31,7 @@ from bridge.errors import (
     SourceRejected,
     SourceUnavailable,
 )
+from bridge.evals.samples import Answer
 from bridge.paging import DEFAULT_MAX_PAGES, PageWalk
 from bridge.ports import Json
 from bridge.sources.openai_model import job_model
@@ -246,6 +248,27 @@ class OpenAISource:
             return bytes(files.content(file_id).content)
         except openai.OpenAIError as error:
             raise translate(error, f"file {file_id}") from None
+
+    def chat(self, model: str, messages: list[dict[str, Any]], max_tokens: int) -> Answer:
+        """One chat completion with the source's client and key (the samples of
+        :mod:`bridge.evals`); no retries: a failure ends the sampling."""
+        started = time.monotonic()
+        try:
+            done = self._client.with_options(max_retries=0).chat.completions.create(
+                model=model,
+                messages=messages,  # type: ignore[arg-type]
+                max_tokens=max_tokens,
+            )
+        except openai.OpenAIError as error:
+            raise translate(error, f"chat with {model}") from None
+        text = done.choices[0].message.content if done.choices else None
+        usage = done.usage
+        return Answer(
+            text=text or "",
+            latency=time.monotonic() - started,
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+        )
 
     def event_pages(self, job_id: str) -> Iterator[list[Json]]:
         jobs = self._client.fine_tuning.jobs.with_raw_response

@@ -21,7 +21,7 @@ from bridge.testing.wandb_server.app import App
 from bridge.testing.wandb_server.faults import Faults
 from bridge.testing.wandb_server.graphql import Context
 from bridge.testing.wandb_server.messages import Recorded
-from bridge.testing.wandb_server.runs import RunRecord
+from bridge.testing.wandb_server.runs import ArtifactRecord, RunRecord
 from bridge.testing.wandb_server.store import Store
 
 # wandb accepts a key whose part after the first "-" is 40+ word characters
@@ -245,6 +245,11 @@ class WandbServer:
         self._store.mark_silent_runs()
         with self._store.lock:
             return copy.deepcopy(self._store.run(entity or self.entity, project, run_id))
+
+    def artifact(self, ident: str) -> ArtifactRecord | None:
+        """A snapshot of one artifact version by its id (as in a run's ``used_artifacts``)."""
+        with self._store.lock:
+            return copy.deepcopy(self._store.artifact(ident))
 
     def runs(self) -> list[RunRecord]:
         """A snapshot of every run."""
