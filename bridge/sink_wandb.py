@@ -31,6 +31,7 @@ from bridge.wandbfile import (
     cut_to_whole_records,
     find_run_files,
     read_run,
+    run_folders,
     wait_for_exit_record,
 )
 
@@ -158,7 +159,9 @@ class WandbSink:
         return True
 
     def _run_folders(self, run_id: str) -> set[Path]:
-        return set((self._options.directory / "wandb").glob(f"*run-*-{run_id}*"))
+        """This run id's folders only: another process (a writer of the same backfill) may
+        be creating the folder of an id this one is a prefix of."""
+        return set(run_folders(self._options.directory, run_id))
 
     def _forget_failed_init(self, run_id: str, before: set[Path]) -> None:
         """A failed ``wandb.init`` leaves a folder behind, and its run id registered in

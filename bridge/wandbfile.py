@@ -379,8 +379,9 @@ def steps(path: str | Path) -> list[int]:
 # -- several segments of one run ---------------------------------------------------------------
 
 
-def find_run_files(wandb_dir: str | Path, run_id: str) -> list[Path]:
-    """Every `.wandb` file of `run_id` under `<wandb_dir>/wandb/`, oldest first.
+def run_folders(wandb_dir: str | Path, run_id: str) -> list[Path]:
+    """Every folder of `run_id` under `<wandb_dir>/wandb/` (of exactly this id, not of ids
+    it is a prefix of), oldest first, whether or not its `.wandb` file exists yet.
 
     Each process (or re-init) of a run id makes its own folder,
     `[offline-]run-<YYYYmmdd_HHMMSS>-<id>[-<n>]`; `-<n>` separates folders started in the
@@ -390,14 +391,21 @@ def find_run_files(wandb_dir: str | Path, run_id: str) -> list[Path]:
     root = Path(wandb_dir) / "wandb"
     for folder in root.glob(f"*run-*-{run_id}*"):
         match = _RUN_DIR.fullmatch(folder.name)
-        if match is None or not (folder / f"run-{run_id}.wandb").is_file():
+        if match is None:
             continue
         rest = match["rest"]
         if rest == run_id:
             found.append((match["time"], 0, folder))
         elif rest.startswith(f"{run_id}-") and rest[len(run_id) + 1 :].isdigit():
             found.append((match["time"], int(rest[len(run_id) + 1 :]), folder))
-    return [folder / f"run-{run_id}.wandb" for *_, folder in sorted(found)]
+    return [folder for *_, folder in sorted(found)]
+
+
+def find_run_files(wandb_dir: str | Path, run_id: str) -> list[Path]:
+    """Every `.wandb` file of `run_id` under `<wandb_dir>/wandb/`, oldest first (see
+    :func:`run_folders`)."""
+    files = (folder / f"run-{run_id}.wandb" for folder in run_folders(wandb_dir, run_id))
+    return [path for path in files if path.is_file()]
 
 
 def merge(segments: Sequence[RunLog]) -> RunLog:
