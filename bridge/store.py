@@ -390,15 +390,26 @@ class SqlStore:
         return len(again)
 
     def recover_from_server(self, job_id: str, resumed_at: int, lost_segment: str | None) -> int:
-        handed = [e for e in self._events(job_id, None) if e.state in ("sent", "new")]
-        placed = [e for e in handed if e.state == "sent" or e.wandb_step is not None]
-        on_server = [e.event_id for e in placed if _placed_at(e) < resumed_at]
-        again = [e.event_id for e in placed if _placed_at(e) >= resumed_at and e.state == "sent"]
+        e = schema.events
+        # Where a row was handed (rows stored before W&B steps were recorded: their step).
+        placed = sa.func.coalesce(e.c.wandb_step, e.c.step)
+        handed = sa.or_(
+            e.c.state == "sent", sa.and_(e.c.state == "new", e.c.wandb_step.is_not(None))
+        )
         with self._tx() as conn:
-            self._set_states(conn, job_id, on_server, again)
+            conn.execute(
+                e.update()
+                .where(e.c.job_id == job_id, handed, placed < resumed_at)
+                .values(state="durable")
+            )
+            again = conn.execute(
+                e.update()
+                .where(e.c.job_id == job_id, e.c.state == "sent", placed >= resumed_at)
+                .values(state="new")
+            ).rowcount
             if lost_segment is not None:
                 self._forget_segment_artifacts(conn, job_id, lost_segment)
-        return len(again)
+        return max(again, 0)
 
     @staticmethod
     def _set_states(
