@@ -58,4 +58,10 @@ def dispatcher_for(
 ) -> Dispatcher | None:
     if not targets:
         return None
-    return Dispatcher(engine, targets, timeout=settings.webhook_timeout, owner=owner)
+    return Dispatcher(
+        engine,
+        targets,
+        timeout=settings.webhook_timeout,
+        owner=owner,
+        owner_ttl=settings.lease_seconds,
+    )

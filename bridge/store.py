@@ -23,6 +23,7 @@ from bridge.ports import (
     StatusChange,
     StoredEvent,
 )
+from bridge.webhooks import outbox
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -101,7 +102,7 @@ class SqlStore:
     def claim_single_process(self) -> None:
         """SQLite serves one process: take an exclusive lock beside the file (held until the
         process ends), or refuse clearly. Leases left by an earlier run of this one process
-        are cleared, since nobody else can hold them."""
+        and their claims on webhook deliveries are cleared, since nobody else can hold them."""
         url = self._engine.url
         if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
             return
@@ -120,6 +121,7 @@ class SqlStore:
         with self._tx() as conn:
             conn.execute(schema.leases.delete())
             conn.execute(schema.replicas.delete())
+            outbox.drop_claims(conn)
 
     @property
     def engine(self) -> Engine:

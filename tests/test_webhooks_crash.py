@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from bridge.ports import StatusChange
-from bridge.schema import metadata
-from bridge.store import create_db_engine
+from bridge.store import SqlStore
 from bridge.webhooks import Dispatcher, HttpSender, recent, status_event, targets_from_settings
 from tests.factories import job
 from tests.webhook_receiver import SECRET, Receiver, Reply
@@ -23,13 +22,11 @@ BRIDGE = textwrap.dedent(
     """
     import os, sys, time
     from bridge.ports import StatusChange
-    from bridge.schema import metadata
-    from bridge.store import create_db_engine
+    from bridge.store import SqlStore
     from bridge.webhooks import Dispatcher, enqueue, status_event, targets_from_settings
     from tests.factories import job
 
-    engine = create_db_engine(os.environ["DB"])
-    metadata.create_all(engine)
+    engine = SqlStore(os.environ["DB"]).engine
     targets = targets_from_settings([os.environ["URL"]], os.environ["SECRET"], allow_private=True)
     change = StatusChange("ftjob-k", "running", "succeeded", job("ftjob-k", status="succeeded"))
     event = status_event(change, seq=3, run_url=None, created_at=1)
@@ -38,14 +35,22 @@ BRIDGE = textwrap.dedent(
     print("committed", flush=True)
     if os.environ["MODE"] == "before-dispatch":
         os.kill(os.getpid(), 9)
-    Dispatcher(engine, targets).start()
+    Dispatcher(engine, targets, owner=os.environ.get("OWNER") or None).start()
     time.sleep(60)
     """
 )
 
 
-@pytest.mark.parametrize("mode", ["before-dispatch", "during-delivery"])
-def test_kill_9_then_restart_delivers_with_the_same_id(tmp_path: Path, mode: str) -> None:
+@pytest.mark.parametrize(
+    ("mode", "owner"),
+    [("before-dispatch", ""), ("during-delivery", ""), ("during-delivery", "replica-a")],
+)
+def test_kill_9_then_restart_delivers_with_the_same_id(
+    tmp_path: Path, mode: str, owner: str
+) -> None:
+    """With ``owner`` the killed dispatcher had claimed the delivery as the daemon's does (a
+    claim outlives the process by minutes); the restarted daemon, the one process on its
+    SQLite file, drops the dead one's claims and delivers at once."""
     db = f"sqlite:///{tmp_path / 'bridge.db'}"
     expected = status_event(
         StatusChange("ftjob-k", "running", "succeeded", job("ftjob-k", status="succeeded")),
@@ -55,6 +60,7 @@ def test_kill_9_then_restart_delivers_with_the_same_id(tmp_path: Path, mode: str
     ).id
     with Receiver(replies=[Reply(delay=30)]) as receiver:
         env = {**os.environ, "DB": db, "URL": receiver.url, "SECRET": SECRET, "MODE": mode}
+        env["OWNER"] = owner
         bridge = subprocess.Popen(
             [sys.executable, "-c", BRIDGE],
             env=env,
@@ -71,10 +77,13 @@ def test_kill_9_then_restart_delivers_with_the_same_id(tmp_path: Path, mode: str
         bridge.stdout.close()
         receiver.released.set()
 
-        engine = create_db_engine(db)
-        metadata.create_all(engine)
+        store = SqlStore(db)
+        engine = store.engine
+        if owner:
+            store.claim_single_process()
         targets = targets_from_settings([receiver.url], SECRET, allow_private=True)
-        restarted = Dispatcher(engine, targets, sender=HttpSender(timeout=5, allow_private=True))
+        sender = HttpSender(timeout=5, allow_private=True)
+        restarted = Dispatcher(engine, targets, sender=sender, owner=owner and "replica-b")
         assert restarted.run_once() == 1
         restarted.stop()
 

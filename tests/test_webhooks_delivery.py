@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from structlog.testing import capture_logs
 
+from bridge.leases import Leases
 from bridge.ports import StatusChange
 from bridge.schema import metadata
 from bridge.store import create_db_engine
@@ -309,6 +310,26 @@ def test_enqueue_is_part_of_the_callers_transaction(engine: Engine) -> None:
     assert put(engine, targets, event()) == 1
     assert put(engine, targets, event()) == 0  # the same event again adds nothing
     assert pending_count(engine) == 1
+
+
+def test_a_dead_replicas_claim_lapses_with_its_heartbeat(engine: Engine) -> None:
+    """A replica claims a delivery and dies mid-attempt: another one takes it over once the
+    dead one's heartbeat is older than the lease time, not only when the claim runs out."""
+    targets = targets_from_settings(["https://hooks.example/x"], SECRET)
+    put(engine, targets, event())
+    now = time.time()
+    Leases(engine, owner="replica-a", clock=lambda: now - 100).heartbeat()
+    Leases(engine, owner="replica-b", clock=lambda: now).heartbeat()
+    assert [d.event_id for d in outbox.due(engine, now - 50, owner="replica-a")]
+    # Claimed until 70 s from now: without the heartbeat rule nobody else may try it.
+    assert outbox.due(engine, now, owner="replica-b") == []
+    # replica-a alive (beat within the last 200 s): its claim stands.
+    assert outbox.due(engine, now, owner="replica-b", dead_before=now - 200) == []
+    # replica-a silent for 100 s, the lease time 30 s: dead, the claim lapses.
+    (taken,) = outbox.due(engine, now, owner="replica-b", dead_before=now - 30)
+    assert taken.event_id == event().id
+    # ... and is replica-b's now, so replica-a cannot take it back.
+    assert outbox.due(engine, now, owner="replica-a") == []
 
 
 def test_replay_resends_with_the_same_id(engine: Engine, clock: FakeClock) -> None:

@@ -48,6 +48,7 @@ class Dispatcher:
         batch: int = 100,
         timeout: float = 10.0,
         owner: str | None = None,
+        owner_ttl: float | None = None,
         on_attempt: Callable[[AttemptResult], object] | None = None,
     ) -> None:
         self.engine = engine
@@ -55,6 +56,8 @@ class Dispatcher:
         self.on_attempt = on_attempt
         # The replica's name, to claim deliveries when several share the database.
         self.owner = owner
+        # A replica silent for this long is dead: its claims on deliveries lapse at once.
+        self.owner_ttl = owner_ttl
         self._claim_for = 6 * timeout + 60  # longer than a lane of attempts takes
         self.targets = targets
         self.interval = interval
@@ -90,6 +93,7 @@ class Dispatcher:
             skip_targets=busy,
             owner=self.owner,
             lease=self._claim_for,
+            dead_before=None if self.owner_ttl is None else self._clock() - self.owner_ttl,
         )
         for item in due:
             lanes.setdefault(item.target, []).append(item)

@@ -24,7 +24,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from bridge import mapping
 from bridge.ports import StatusChange
-from bridge.schema import metadata
+from bridge.schema import metadata, replicas
 from bridge.webhooks.events import WebhookEvent, should_notify, status_event
 from bridge.webhooks.targets import Targets
 
@@ -201,6 +201,16 @@ def release(engine: Engine, job_id: str, *, final: bool = True, now: float | Non
     return len(held)
 
 
+def drop_claims(conn: Connection) -> int:
+    """Forget every replica's claim on a delivery (a single process starting over: nobody
+    else can be attempting one). Returns the claims dropped."""
+    d = webhook_deliveries
+    result = conn.execute(
+        d.update().where(d.c.lease_owner.is_not(None)).values(lease_owner=None, lease_until=None)
+    )
+    return max(result.rowcount, 0)
+
+
 def release_expired(engine: Engine, now: float) -> int:
     """Held notifications whose wait ran out go out saying the run is not final yet."""
     d, e = webhook_deliveries, webhook_events
@@ -256,13 +266,16 @@ def due(
     skip_targets: Collection[str] = (),
     owner: str | None = None,
     lease: float = 120.0,
+    dead_before: float | None = None,
 ) -> list[DueDelivery]:
     """Pending deliveries whose time has come, oldest first, claimed for ``owner``.
 
     With several replicas on one database each delivery is claimed by one of them at a time
     (``SELECT ... FOR UPDATE SKIP LOCKED`` on PostgreSQL, then a lease until ``now + lease``);
     a replica that dies mid-attempt leaves a lease that expires, and another one delivers the
-    same delivery, with the same webhook-id."""
+    same delivery, with the same webhook-id. A claim also lapses as soon as its replica's
+    heartbeat is older than ``dead_before``: a killed replica's deliveries need not wait for
+    the whole lease."""
     d, e = webhook_deliveries, webhook_events
     query = (
         sa.select(d.c.id, d.c.event_id, d.c.target, d.c.kind, d.c.attempts, e.c.body)
@@ -274,9 +287,11 @@ def due(
     if skip_targets:
         query = query.where(d.c.target.not_in(list(skip_targets)))
     if owner is not None:
-        query = query.where(
-            sa.or_(d.c.lease_owner.is_(None), d.c.lease_until < now, d.c.lease_owner == owner)
-        ).with_for_update(skip_locked=True, of=d)
+        free = [d.c.lease_owner.is_(None), d.c.lease_until < now, d.c.lease_owner == owner]
+        if dead_before is not None:
+            dead = sa.select(replicas.c.replica_id).where(replicas.c.seen_at < dead_before)
+            free.append(d.c.lease_owner.in_(dead))
+        query = query.where(sa.or_(*free)).with_for_update(skip_locked=True, of=d)
     with engine.begin() as conn:
         rows = conn.execute(query).all()
         if owner is not None and rows:
