@@ -6,6 +6,7 @@ shutdown closing runs as final or preempted."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -155,6 +156,25 @@ def test_a_held_notification_goes_out_after_its_wait_saying_so(tmp_path: Path) -
     assert outbox.release_expired(store.engine, now=1e12) == 1
     (body,) = due_bodies(store, 1e12)
     assert body["data"]["run_final"] is False  # type: ignore[index]
+
+
+def test_a_crash_between_finish_and_release_holds_nothing_back(tmp_path: Path) -> None:
+    """The run finished and the job was marked done, then the process died before its held
+    notifications were released: the next dispatcher round sends them, saying the run is
+    final, long before the hold runs out."""
+    store = outbox_store(tmp_path)
+    source = MemorySource()
+    source.put_job(job("ftjob-a", status="succeeded", fine_tuned_model="ft:m"))
+    bridge = make_bridge(source, MemorySink(), store)  # no on_final: the release never ran
+    bridge.poll()
+    assert store.get_job("ftjob-a").synced  # type: ignore[union-attr]
+    now = time.time()
+    assert due_bodies(store, now) == []
+    assert outbox.release_settled(store.engine, now) == 1
+    (body,) = due_bodies(store, now)
+    assert body["type"] == "fine_tuning.job.succeeded"
+    assert body["data"]["run_final"] is True  # type: ignore[index]
+    assert outbox.release_settled(store.engine, now) == 0  # once
 
 
 def test_shutdown_finalizes_terminal_jobs_and_preempts_running_ones(tmp_path: Path) -> None:

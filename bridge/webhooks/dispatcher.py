@@ -85,6 +85,7 @@ class Dispatcher:
         with self._lock:
             busy = set(self._busy)
         lanes: dict[str, list[DueDelivery]] = {}
+        outbox.release_settled(self.engine, self._clock())
         outbox.release_expired(self.engine, self._clock())
         due = outbox.due(
             self.engine,

@@ -24,7 +24,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from bridge import mapping
 from bridge.ports import StatusChange
-from bridge.schema import metadata, replicas
+from bridge.schema import jobs, metadata, replicas
 from bridge.webhooks.events import WebhookEvent, should_notify, status_event
 from bridge.webhooks.targets import Targets
 
@@ -209,6 +209,25 @@ def drop_claims(conn: Connection) -> int:
         d.update().where(d.c.lease_owner.is_not(None)).values(lease_owner=None, lease_until=None)
     )
     return max(result.rowcount, 0)
+
+
+def release_settled(engine: Engine, now: float) -> int:
+    """Held notifications of jobs the bridge is done with go out: a crash between a run's
+    finish and the release of its job's notifications would otherwise leave them waiting
+    for the whole hold. ``run_final`` says whether the run was finished (or needs none)."""
+    d, e = webhook_deliveries, webhook_events
+    with engine.connect() as conn:
+        settled = conn.execute(
+            sa.select(e.c.job_id, jobs.c.run_state)
+            .join(d, e.c.event_id == d.c.event_id)
+            .join(jobs, jobs.c.job_id == e.c.job_id)
+            .where(d.c.state == "held", jobs.c.synced.is_(True))
+            .distinct()
+        ).all()
+    return sum(
+        release(engine, row.job_id, final=row.run_state in ("finished", "skipped"), now=now)
+        for row in settled
+    )
 
 
 def release_expired(engine: Engine, now: float) -> int:
