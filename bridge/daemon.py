@@ -151,7 +151,10 @@ def run_daemon(
     if keeper is not None:
         keeper.start()
     log.info("daemon.started", poll_interval=interval)
-    stop.wait()
+    # Waits that time out: a signal the kernel hands to another thread is seen by the main
+    # thread only when it wakes (an untimed wait would sleep through SIGTERM).
+    while not stop.wait(0.5):
+        pass
     deadline = time.monotonic() + shutdown_timeout
     bridge.stopping.set()
     scheduler.shutdown(wait=False)

@@ -51,7 +51,7 @@ def test_the_bridge_survives_a_hostile_api(api: HostileAPI, bridge_process: Make
     bridge = bridge_process(
         api.base_url,
         FTBRIDGE_REQUEST_TIMEOUT="20",  # the slow job answers in 10 s: the budget, not this
-        FTBRIDGE_JOB_TIME_BUDGET="1",
+        FTBRIDGE_JOB_TIME_BUDGET="3",  # long enough for every other job on a loaded machine
         FTBRIDGE_SHUTDOWN_TIMEOUT=str(SHUTDOWN_TIMEOUT),
         FTBRIDGE_MAX_PAGES="20",
     )
@@ -63,7 +63,7 @@ def test_the_bridge_survives_a_hostile_api(api: HostileAPI, bridge_process: Make
     wait_until(lambda: len(logged(bridge, "cycle")) >= cycles + 3, 20, "cycles go on")
 
     recent = [line["duration_s"] for line in logged(bridge, "cycle")][-3:]
-    assert max(recent) < 3, f"a 10 s job stretches every cycle: {recent}"
+    assert max(recent) < 6, f"a 10 s job stretches every cycle: {recent}"
 
     asked = time.monotonic()
     proc.send_signal(signal.SIGTERM)

@@ -213,7 +213,9 @@ def test_a_storm_of_api_errors_then_sigterm_leaves_every_run_final(
         JobScenario(id=f"ftjob-storm{i}", n_steps=8 + 3 * i, step_seconds=1.0, queue_seconds=0)
         for i in range(3)
     ]
-    emulator = start_emulator(jobs, time_scale=2.0)
+    # The jobs start once the bridge is up: one seen first as already succeeded would be a
+    # backfill, which notifies nobody.
+    emulator = start_emulator([], time_scale=2.0)
     with Receiver([SECRET]) as receiver:
         bridge = online_bridge(
             emulator,
@@ -223,6 +225,8 @@ def test_a_storm_of_api_errors_then_sigterm_leaves_every_run_final(
         )
         emulator.set_faults(error_rate=0.25, status=429)
         proc = bridge.start_and_wait("run")
+        for scenario in jobs:
+            emulator.add_job(scenario)
 
         def all_terminal() -> bool:
             store = bridge.store()
