@@ -15,10 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from bridge import __version__, health, migrate, webhook_commands
-from bridge.app import build_bridge, observe
-from bridge.check import run_check
 from bridge.daemon import install_signal_handlers, run_daemon
-from bridge.demo import run_demo
 from bridge.engine import Bridge, CycleStats
 from bridge.errors import BridgeError, ConfigError, Interrupted, JobNotFound, StoreUnavailable
 from bridge.group import BridgeGroup
@@ -33,6 +30,10 @@ from bridge.views.show import run_show
 from bridge.writers import WriterPool, share_out, writer_count
 
 log = structlog.get_logger(__name__)
+
+# ``bridge.app``, ``bridge.check`` and ``bridge.demo`` import wandb and the providers' SDKs
+# (a second or two): they are imported by the commands that need them, so that ``status``,
+# ``show``, ``webhooks`` and the other operator commands start at once.
 
 EPILOG = """examples:
   ftbridge run                         poll every FTBRIDGE_POLL_INTERVAL seconds until SIGTERM
@@ -164,6 +165,8 @@ def _command(args: argparse.Namespace) -> int:
         if args.command == "demo":
             return _demo(args)
         if args.command == "check":
+            from bridge.check import run_check  # noqa: PLC0415 - heavy: only when needed
+
             return run_check(args.config, sys.stdout)
         if args.command == "health":
             return _health(args)
@@ -207,6 +210,8 @@ def _build_when_reachable(
     delay = 1.0
     while True:
         try:
+            from bridge.app import build_bridge  # noqa: PLC0415 - heavy: only when needed
+
             return build_bridge(settings, job_budget=job_budget)
         except StoreUnavailable as error:
             if delay == 1.0:
@@ -220,6 +225,8 @@ def _run(settings: Settings) -> int:
     bridge = _build_when_reachable(settings, job_budget=settings.job_time_budget)
     if bridge is None:
         return 0
+    from bridge.app import observe  # noqa: PLC0415 - heavy: only when needed
+
     metrics, server = observe(settings, bridge)
     cycle_left = threading.Event()
     try:
@@ -291,6 +298,8 @@ def _health(args: argparse.Namespace) -> int:
 def _sync(settings: Settings, args: argparse.Namespace) -> int:
     if bool(args.all) == bool(args.jobs):
         raise ConfigError("sync takes either --all or one or more job ids")
+    from bridge.app import build_bridge  # noqa: PLC0415 - heavy: only when needed
+
     bridge = build_bridge(settings)
     # SIGTERM and Ctrl-C stop the walk over the API's pages and the wait for jobs; the runs
     # opened so far are finished before the exit (code 130).
@@ -409,6 +418,8 @@ def _sync_one(bridge: Bridge | BridgeGroup, job_id: str, stats: CycleStats) -> N
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from bridge.demo import run_demo  # noqa: PLC0415 - heavy: only when needed
+
     return run_demo(args.dir, time_scale=args.time_scale)
 
 
