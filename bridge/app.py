@@ -23,7 +23,6 @@ from bridge.notify import OutboxWriter, dispatcher_for, release_notifications, t
 from bridge.settings import Settings
 from bridge.sink_wandb import WandbOptions, WandbSink
 from bridge.sources import make_source, routes_of, source_configs
-from bridge.sources.openai import OpenAISource
 from bridge.store import SqlStore
 from bridge.views.page import StatusPage
 from bridge.views.reader import pulse_of
@@ -108,7 +107,7 @@ def build_bridge(
         bridge.dataset_rows = settings.dataset_sample_rows if settings.log_datasets else 0
         bridge.job_budget = job_budget
         bounds = config.over(settings.eval_bounds)
-        if may_sample(bounds, routes) and isinstance(source, OpenAISource):
+        if may_sample(bounds, routes):
             bridge.sampler = Sampler(
                 source,
                 sink,

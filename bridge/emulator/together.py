@@ -444,6 +444,12 @@ class TogetherApi:
     def __init__(self, account: Account) -> None:
         self.account = account
 
+    def tuned_models(self) -> set[str]:
+        """``model_output_name`` of every Together job (its chat path is OpenAI's,
+        ``/v1/chat/completions``, answered by :func:`bridge.emulator.chat.complete`)."""
+        jobs, _ = self.account.jobs_of(PROVIDER)
+        return {model_output_name(plan) for plan, _ in jobs}
+
     def dispatch(
         self, kind: str, params: dict[str, str], query: dict[str, str], request: Request
     ) -> Any:
