@@ -19,7 +19,7 @@ from bridge.store import SqlStore
 from bridge.testing import WandbServer
 from bridge.wandbfile import find_run_files, read_merged, read_run
 from tests.conftest import API_KEY, new_emulator
-from tests.wandb_server import wandb_server_fixture
+from tests.wandb_server import online_options, wandb_server_fixture
 
 __all__ = ["wandb_server_fixture"]
 
@@ -90,16 +90,9 @@ def test_offline_one_artifact_logged_once_and_named_by_every_run(tmp_path: Path)
 
 @pytest.mark.e2e
 def test_online_one_version_used_by_every_run(wandb_server: WandbServer, tmp_path: Path) -> None:
-    options = WandbOptions(
-        mode="online",
-        directory=tmp_path,
-        api_key=wandb_server.api_key,
-        base_url=wandb_server.url,
-        init_timeout=10,
-        finish_timeout=30,
-        upload_interval=1,
+    emulator, runs = two_then_a_restart_and_a_third(
+        tmp_path, online_options(wandb_server, tmp_path)
     )
-    emulator, runs = two_then_a_restart_and_a_third(tmp_path, options)
     emulator.stop()
     versions = [a for r in wandb_server.runs() for a in r.artifacts if a.name == NAME]
     assert [(a.version, a.type) for a in versions] == [(0, "dataset")]
