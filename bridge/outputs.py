@@ -14,7 +14,7 @@ from typing import Any
 import structlog
 
 from bridge import datasets, mapping, results
-from bridge.errors import JobNotFound, SourceRejected
+from bridge.errors import JobNotFound, SinkUnavailable, SourceRejected
 from bridge.mapping import ArtifactSpec
 from bridge.ports import JobSource, JobState, Json, RunSink, StateStore, StoredEvent
 
@@ -133,10 +133,9 @@ class Outputs:
             if done & {key, datasets.use_key(name), old_key}:
                 continue
             holder = self.store.artifact_holder(key)
-            if holder is None:
+            if holder is None or not self._use_dataset(state, holder, name, spec_of):
                 self._log_dataset(state, provider, file_id, max_rows, done)
             else:
-                self._use_dataset(state, holder, name, spec_of)
                 done.add(datasets.use_key(name))
 
     def _log_dataset(
@@ -158,14 +157,24 @@ class Outputs:
         )
         self._give(state, spec, done)
 
-    def _use_dataset(self, state: JobState, holder: str, name: str, spec_of: SpecOf) -> None:
-        """Use the artifact the holder's run logged, in the holder's project."""
+    def _use_dataset(self, state: JobState, holder: str, name: str, spec_of: SpecOf) -> bool:
+        """Use the artifact the holder's run logged, in the holder's project; False when W&B
+        does not have it (the holder's run was written offline and not synced, say): this
+        run then logs it itself, and W&B, which keeps one version per content, makes no
+        second version of a file already there."""
         logged_by = self.store.get_job(holder)
         where = spec_of(logged_by.job if logged_by is not None else state.job)
         path = mapping.artifact_path(where, f"{name}:latest")
-        self.sink.use_artifact(state.job_id, path, "dataset")
+        try:
+            self.sink.use_artifact(state.job_id, path, "dataset")
+        except SinkUnavailable as error:
+            log.warning(
+                "dataset.not_in_wandb", job_id=state.job_id, artifact=path, error=str(error)
+            )
+            return False
         self.store.mark_artifact(state.job_id, datasets.use_key(name), self._segment(state.job_id))
         log.info("dataset.used", job_id=state.job_id, artifact=name, logged_by=holder)
+        return True
 
     def model(self, state: JobState) -> None:
         spec = mapping.model_artifact(state.job)

@@ -104,3 +104,22 @@ def test_online_one_version_used_by_every_run(wandb_server: WandbServer, tmp_pat
         used = [wandb_server.artifact(i) for i in run.used_artifacts]
         assert [a.id for a in used if a is not None] == [artifact.id], run_id
         assert run.config["training_file_artifact"] == NAME
+
+
+@pytest.mark.e2e
+def test_online_a_dataset_w_and_b_lacks_is_logged_by_the_run_that_needs_it(
+    wandb_server: WandbServer, tmp_path: Path
+) -> None:
+    """The store says another run logged the file, but W&B has no such artifact (that run
+    was written offline and never synced): the run logs it itself instead of failing."""
+    emulator = new_emulator([job("ftjob-a", -7200)])
+    try:
+        bridge = bridge_for(emulator, WandbSink(online_options(wandb_server, tmp_path)), tmp_path)
+        bridge.store.mark_artifact("ftjob-offline", f"dataset:{NAME}", None)
+        bridge.poll()
+    finally:
+        emulator.stop()
+    run = wandb_server.run("ftjob-a", project="p")
+    assert run is not None and run.exit_code == 0
+    logged = run.artifact(NAME)
+    assert logged is not None and run.used_artifacts == [logged.id]
