@@ -25,7 +25,12 @@ What it serves (``/v1/accounts/{account}/...``, Bearer auth, the emulator's faul
   expiry and signature and no Bearer key: an expired or altered URL answers 403 as a cloud
   storage signed URL does, and so does a request that also sends an ``Authorization``
   header (a signed URL never needs the API key). Every ``get`` signs a fresh URL;
-- RFT metrics as the ``outputMetrics`` JSON string, and ``outputStats``.
+- RFT metrics as the ``outputMetrics`` JSON string, and ``outputStats``;
+- ``datasets/{id}:getDownloadEndpoint``: ``{"filenameToSignedUrls": {"data.jsonl": url}}``, a
+  signed URL like the metrics file's to the file the dataset id names (the emulator's file id,
+  lowercased), as ``client.datasets.get_download_endpoint`` gives it;
+- ``POST /inference/v1/chat/completions``: the emulator's deterministic chat answers
+  (:mod:`bridge.emulator.chat`), ``outputModel`` of a job answering as the fine-tuned model.
 
 **The metrics file's shape is our decision**: Fireworks does not document it. Third-party
 integrations read it as JSON lines with ``step``, ``timestamp`` and ``train/loss``,
