@@ -15,6 +15,7 @@ import pytest
 
 from bridge.emulator import Emulator, JobScenario, chat
 from bridge.engine import Bridge
+from bridge.errors import JobNotFound
 from bridge.evals.bounds import Bounds
 from bridge.evals.sampler import Sampler
 from bridge.mapping import WandbDefaults
@@ -147,3 +148,17 @@ def test_a_failing_chat_api_ends_the_samples_not_the_run(tmp_path: Path, name: s
     summary = read_merged(tmp_path, provider.run_id).summary
     assert summary["samples/stopped"].startswith("chat API: chat with ")
     assert "503" in summary["samples/stopped"] and API_KEY not in summary["samples/stopped"]
+
+
+def test_a_fireworks_dataset_is_read_only_by_its_resource_name(tmp_path: Path) -> None:
+    emulator, bridge, _sink = setup(tmp_path, "fireworks")
+    try:
+        source = bridge.source
+        for bad in ("../../v1/accounts/emulator/supervisedFineTuningJobs", "file-x", ""):
+            with pytest.raises(JobNotFound):
+                source.file_content(bad)
+        with pytest.raises(JobNotFound):
+            source.file_content("accounts/emulator/datasets/no-such-dataset")
+        assert emulator.counts["fw_dataset_endpoint"] == 1  # only the well-formed name asked
+    finally:
+        emulator.stop()
