@@ -4,9 +4,9 @@ Bounds (:mod:`bridge.evals.bounds`, per job): at most ``limit`` (<= 200) convers
 ``max_tokens`` per answer, ``token_budget`` tokens per job (prompt and answer, both models;
 sampling stops before a pair that could pass it), and ``deadline`` seconds (per attempt).
 Once: each answer is kept in the store as soon as it arrives, and the table is marked logged
-(``samples``); a restart in the middle asks only for the answers it lacks (an answer whose
-request was under way when the process died is asked again: at most one per conversation and
-model) and logs the one table; a replay after the table asks nothing. A failure (429, 5xx, a
+(``samples``); a restart in the middle asks only for the answers it lacks (the answer whose
+request was under way when the process died is asked again: the calls go one at a time, so
+one per kill) and logs the one table; a replay after the table asks nothing. A failure (429, 5xx, a
 model that cannot be sampled) ends the sampling with what was answered so far and its reason
 in the summary; it never holds the run open.
 """
