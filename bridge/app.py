@@ -12,7 +12,8 @@ import structlog
 
 from bridge import mapping, prices, status
 from bridge.engine import Bridge
-from bridge.evals.sampler import Bounds, Sampler
+from bridge.evals.bounds import bounds_of, may_sample
+from bridge.evals.sampler import Sampler
 from bridge.group import BridgeGroup
 from bridge.health import CycleReadiness, HealthServer, max_cycle_age, store_ping
 from bridge.leases import Leases
@@ -22,7 +23,6 @@ from bridge.notify import OutboxWriter, dispatcher_for, release_notifications, t
 from bridge.settings import Settings
 from bridge.sink_wandb import WandbOptions, WandbSink
 from bridge.sources import make_source, routes_of, source_configs
-from bridge.sources.openai import OpenAISource
 from bridge.store import SqlStore
 from bridge.views.page import StatusPage
 from bridge.views.reader import pulse_of
@@ -106,18 +106,13 @@ def build_bridge(
         bridge.prices = price_table
         bridge.dataset_rows = settings.dataset_sample_rows if settings.log_datasets else 0
         bridge.job_budget = job_budget
-        if settings.eval_samples and isinstance(source, OpenAISource):
-            bounds = Bounds(
-                settings.eval_samples,
-                settings.eval_max_tokens,
-                settings.eval_token_budget,
-                settings.eval_deadline,
-            )
+        bounds = config.over(settings.eval_bounds)
+        if may_sample(bounds, routes):
             bridge.sampler = Sampler(
                 source,
                 sink,
                 store,
-                bounds,
+                bounds_of(bounds, routes),
                 read_file=source.file_content,
                 price_table=price_table,
             )

@@ -14,18 +14,22 @@ fine-tuning guides document it:
 :func:`sample_table` is pure and never raises: a line that is not a JSON object, or lacks the
 fields its method needs, is counted in ``bad_lines`` and left out. (wandb's ``WandbLogger``
 asserts three messages per line and reads ``content`` as a string, so it fails on everything
-else.) :func:`log_dataset` is the thin adapter that logs the sample to a run.
+else.) :func:`dataset_artifact` makes the W&B artifact of a file: one per provider and file
+id (:func:`artifact_name`), whichever jobs trained on it, logged by the first run that meets
+the file and used by the others (see ``Outputs.datasets``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from bridge.mapping import ArtifactSpec
+from bridge import mapping
+from bridge.mapping import ArtifactSpec, RunSpec
 
 Cell = str | int | float | bool | None
 """What a table cell holds: structured values are rendered as (JSON-ish) text."""
@@ -37,6 +41,7 @@ TEXT_LIMIT = 2000
 URL_LIMIT = 80
 ARGUMENTS_LIMIT = 200
 LABEL_LIMIT = 40
+NAME_LIMIT = 128
 
 _ELLIPSIS = "…"
 _SYSTEM_ROLES = ("system", "developer")
@@ -389,37 +394,74 @@ def sample_table(jsonl: bytes | str, *, method: str, max_rows: int = 100) -> Dat
 # -- the W&B adapter ---------------------------------------------------------------------------
 
 
-def artifact_name(job_id: str, role: Role) -> str:
-    """``<job id>-<role>-data``, with characters W&B refuses in a name replaced by ``-``."""
-    return _ARTIFACT_NAME_UNSAFE.sub("-", f"{job_id}-{role}-data")[:128]
+def artifact_name(provider: str, file_id: str) -> str:
+    """``<provider>-<file id>``, with characters W&B refuses in a name replaced by ``-``; a
+    name that would pass 128 characters keeps its start and a digest of the whole, so that
+    two long file ids never share a name."""
+    name = _ARTIFACT_NAME_UNSAFE.sub("-", f"{provider}-{file_id}")
+    if len(name) <= NAME_LIMIT:
+        return name
+    digest = hashlib.sha256(f"{provider}\0{file_id}".encode()).hexdigest()[:16]
+    return f"{name[: NAME_LIMIT - 17]}-{digest}"
+
+
+def artifact_key(name: str) -> str:
+    """The store's artifact key of the run that logged the dataset artifact ``name``."""
+    return f"dataset:{name}"
+
+
+def use_key(name: str) -> str:
+    """The store's artifact key of a run that uses the dataset artifact another run logged."""
+    return f"uses:dataset:{name}"
+
+
+def files_of(job: Mapping[str, Any]) -> list[tuple[Role, str]]:
+    """The job's training and validation files, by role."""
+    roles: tuple[Role, ...] = ("training", "validation")
+    return [(role, f) for role in roles if isinstance(f := job.get(f"{role}_file"), str) and f]
+
+
+def config_fields(job: Mapping[str, Any]) -> dict[str, str]:
+    """What a run's config says of its dataset artifacts: ``<role>_file_artifact``, the
+    artifact's name (offline, where wandb cannot use artifacts, this is the link)."""
+    provider = mapping.provider_of(job)
+    return {f"{role}_file_artifact": artifact_name(provider, f) for role, f in files_of(job)}
+
+
+def annotate(spec: RunSpec, job: Mapping[str, Any]) -> RunSpec:
+    """The run spec with its dataset artifacts named in the config."""
+    fields = config_fields(job)
+    return replace(spec, config={**spec.config, **fields}) if fields else spec
 
 
 def dataset_artifact(
     *,
-    job_id: str,
+    provider: str,
     file_id: str,
-    role: Role,
     content: bytes,
     method: str,
     max_rows: int = 100,
 ) -> ArtifactSpec:
     """A ``dataset`` artifact of the file: a sample table, and the file's stats as metadata.
+    One per provider and file id, whichever jobs trained on it.
 
     The file itself is not uploaded: it stays with the provider, under `file_id`.
     """
     sample = sample_table(content, method=method, max_rows=max_rows)
     metadata = {
+        "provider": provider,
         "file_id": file_id,
-        "role": role,
         "method": method,
         "total_lines": sample.total_lines,
         "bad_lines": sample.bad_lines,
         **sample.stats,
     }
+    name = artifact_name(provider, file_id)
     return ArtifactSpec(
-        key=f"dataset:{role}:{file_id}",
-        name=artifact_name(job_id, role),
+        key=artifact_key(name),
+        name=name,
         type="dataset",
         metadata=metadata,
         tables={"sample": (list(sample.columns), sample.rows)},
+        shared=True,
     )

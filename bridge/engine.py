@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from bridge import mapping, prices, routing
+from bridge import datasets, mapping, prices, routing
 from bridge.budget import JobBudget, ReadsInFlight
 from bridge.errors import JobNotFound, RetryableError, SinkUnavailable
 from bridge.evals.sampler import Sampler
@@ -279,7 +279,10 @@ class Bridge:
 
     def _spec(self, job: Json) -> mapping.RunSpec:
         defaults = routing.destination(job, self.defaults, self.routes)
-        return self.links.annotate(mapping.run_spec(job, defaults, self.source.name), job)
+        spec = self.links.annotate(mapping.run_spec(job, defaults, self.source.name), job)
+        if self.dataset_rows:
+            spec = datasets.annotate(spec, job)
+        return spec
 
     def sync_unsynced(
         self,
@@ -463,7 +466,7 @@ class Bridge:
         self._ensure_open(state)
         self.links.link(state, self._spec)
         if self.dataset_rows:
-            self.outputs.datasets(state, self.dataset_rows)
+            self.outputs.datasets(state, self.dataset_rows, self._spec)
         terminal = mapping.is_terminal(state.status)
         if state.status == "succeeded":
             self.outputs.result_files(state)

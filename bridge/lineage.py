@@ -110,12 +110,8 @@ def annotate(spec: RunSpec, parent: Parent | None) -> RunSpec:
 
 
 def artifact_path(parent: Parent, parent_spec: RunSpec) -> str:
-    """``<entity>/<project>/<artifact>:<alias>`` (``<project>/...`` when the entity is not
-    set: W&B takes the key's default entity)."""
-    where = parent_spec.project
-    if parent_spec.entity:
-        where = f"{parent_spec.entity}/{where}"
-    return f"{where}/{parent.artifact}"
+    """``<entity>/<project>/<artifact>:<alias>`` of the parent's artifact."""
+    return mapping.artifact_path(parent_spec, parent.artifact)
 
 
 def link_key(parent: Parent) -> str:

@@ -85,12 +85,23 @@ class ArtifactSpec:
     files: dict[str, bytes] = field(default_factory=dict)
     # Tables by name: (columns, rows); cells are str, int, float, bool or None.
     tables: dict[str, tuple[list[str], list[list[Any]]]] = field(default_factory=dict)
+    # Used by other runs too (a dataset): online, logging it waits until W&B has it, so
+    # that the next run can use it at once.
+    shared: bool = False
 
 
 def _artifact_name(text: str) -> str:
     """W&B artifact names allow letters, digits, dashes, underscores and dots, all ASCII
     (``str.isalnum`` alone lets "é" through, which ``wandb.Artifact`` refuses)."""
     return "".join(c if (c.isascii() and c.isalnum()) or c in "-_." else "-" for c in text)[:128]
+
+
+def artifact_path(spec: RunSpec, artifact: str) -> str:
+    """``<entity>/<project>/<artifact>`` of an artifact the run ``spec`` logged (``artifact``
+    is ``name:alias``); ``<project>/...`` when the entity is not set: W&B takes the key's
+    default entity."""
+    where = f"{spec.entity}/{spec.project}" if spec.entity else spec.project
+    return f"{where}/{artifact}"
 
 
 def model_artifact_name(job_id: str) -> str:

@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import structlog
 
 from bridge import datasets, mapping, results
-from bridge.errors import JobNotFound, SourceRejected
+from bridge.errors import JobNotFound, SinkUnavailable, SourceRejected
 from bridge.mapping import ArtifactSpec
 from bridge.ports import JobSource, JobState, Json, RunSink, StateStore, StoredEvent
 
 log = structlog.get_logger(__name__)
+
+SpecOf = Callable[[Json], mapping.RunSpec]
 
 
 def result_row_event(file_id: str, row: mapping.MetricRow) -> Json:
@@ -118,29 +120,61 @@ class Outputs:
                 self._give(state, spec, done)
         return len(done) - before
 
-    def datasets(self, state: JobState, max_rows: int) -> None:
-        """A ``dataset`` artifact with a sample table for the training and validation files."""
+    def datasets(self, state: JobState, max_rows: int, spec_of: SpecOf) -> None:
+        """A ``dataset`` artifact with a sample table per training and validation file, one
+        per provider and file id: the first run that meets the file logs it; every later run
+        uses it (online; offline its config names it, see :func:`datasets.config_fields`)."""
         done = self.store.logged_artifacts(state.job_id)
+        provider = mapping.provider_of(state.job)
+        for role, file_id in datasets.files_of(state.job):
+            name = datasets.artifact_name(provider, file_id)
+            key = datasets.artifact_key(name)
+            old_key = f"dataset:{role}:{file_id}"  # a per-job artifact of an earlier version
+            if done & {key, datasets.use_key(name), old_key}:
+                continue
+            holder = self.store.artifact_holder(key)
+            if holder is None or not self._use_dataset(state, holder, name, spec_of):
+                self._log_dataset(state, provider, file_id, max_rows, done)
+            else:
+                done.add(datasets.use_key(name))
+
+    def _log_dataset(
+        self, state: JobState, provider: str, file_id: str, max_rows: int, done: set[str]
+    ) -> None:
+        try:
+            content = self.source.file_content(file_id)
+        except (JobNotFound, SourceRejected) as error:
+            log.warning("dataset.unavailable", job_id=state.job_id, error=str(error))
+            return
         method = state.job.get("method")
         kind = method.get("type") if isinstance(method, Mapping) else None
-        for role in ("training", "validation"):
-            file_id = state.job.get(f"{role}_file")
-            if not isinstance(file_id, str) or f"dataset:{role}:{file_id}" in done:
-                continue
-            try:
-                content = self.source.file_content(file_id)
-            except (JobNotFound, SourceRejected) as error:
-                log.warning("dataset.unavailable", job_id=state.job_id, error=str(error))
-                continue
-            spec = datasets.dataset_artifact(
-                job_id=state.job_id,
-                file_id=file_id,
-                role=role,
-                content=content,
-                method=kind if isinstance(kind, str) else "supervised",
-                max_rows=max_rows,
+        spec = datasets.dataset_artifact(
+            provider=provider,
+            file_id=file_id,
+            content=content,
+            method=kind if isinstance(kind, str) else "supervised",
+            max_rows=max_rows,
+        )
+        self._give(state, spec, done)
+
+    def _use_dataset(self, state: JobState, holder: str, name: str, spec_of: SpecOf) -> bool:
+        """Use the artifact the holder's run logged, in the holder's project; False when W&B
+        does not have it (the holder's run was written offline and not synced, say): this
+        run then logs it itself, and W&B, which keeps one version per content, makes no
+        second version of a file already there."""
+        logged_by = self.store.get_job(holder)
+        where = spec_of(logged_by.job if logged_by is not None else state.job)
+        path = mapping.artifact_path(where, f"{name}:latest")
+        try:
+            self.sink.use_artifact(state.job_id, path, "dataset")
+        except SinkUnavailable as error:
+            log.warning(
+                "dataset.not_in_wandb", job_id=state.job_id, artifact=path, error=str(error)
             )
-            self._give(state, spec, done)
+            return False
+        self.store.mark_artifact(state.job_id, datasets.use_key(name), self._segment(state.job_id))
+        log.info("dataset.used", job_id=state.job_id, artifact=name, logged_by=holder)
+        return True
 
     def model(self, state: JobState) -> None:
         spec = mapping.model_artifact(state.job)

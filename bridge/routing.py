@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from bridge.evals.bounds import EvalOverrides
 from bridge.mapping import WandbDefaults
 
 
@@ -66,9 +67,10 @@ class JobFilter(BaseModel):
         )
 
 
-class Route(BaseModel):
+class Route(EvalOverrides):
     """Where the runs of matching jobs go (the first matching route wins; a job's own W&B
-    integration settings win over any route)."""
+    integration settings win over any route), and the bounds of their samples when the route
+    sets them (``eval_samples``, ...; see :mod:`bridge.evals.bounds`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

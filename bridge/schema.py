@@ -61,6 +61,19 @@ artifacts = Table(
     Column("segment", Text, nullable=True),
     Column("logged_at", Float, nullable=False),
 )
+# Who logged an artifact other runs use (a dataset shared by the jobs that trained on it).
+Index("ix_artifacts_key", artifacts.c.key)
+
+# The answers of a job's base vs fine-tuned samples, each kept as it arrives, so that a
+# restart asks only for those it lacks (``bridge.evals.sampler``).
+sample_answers = Table(
+    "sample_answers",
+    metadata,
+    Column("job_id", String(128), primary_key=True),
+    Column("prompt", Integer, primary_key=True),
+    Column("model", String(16), primary_key=True),
+    Column("answer_json", Text, nullable=False),
+)
 
 # Jobs a source refused (an id W&B cannot take): never synced, listed by ``ftbridge status``.
 quarantined = Table(

@@ -26,6 +26,7 @@ from pydantic_settings import (
 )
 
 from bridge.errors import ConfigError
+from bridge.evals.bounds import Bounds, Deadline, MaxTokens, Samples, TokenBudget
 
 _CONFIG_ENV = "FTBRIDGE_CONFIG"
 
@@ -96,10 +97,11 @@ class Settings(BaseSettings):
     replica_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]{1,128}$")
     log_datasets: bool = False
     dataset_sample_rows: int = Field(default=100, ge=1, le=10_000)
-    eval_samples: int = Field(default=0, ge=0, le=200)
-    eval_max_tokens: int = Field(default=256, ge=1, le=4096)
-    eval_token_budget: int = Field(default=100_000, ge=1, le=10_000_000)
-    eval_deadline: float = _seconds(120.0, low=1, high=3600, low_inclusive=True)
+    # Base vs fine-tuned samples (a source or route table may set them too: bridge.evals).
+    eval_samples: Samples = 0
+    eval_max_tokens: MaxTokens = 256
+    eval_token_budget: TokenBudget = 100_000
+    eval_deadline: Deadline = 120.0
     sources: list[dict[str, Any]] = Field(default_factory=list)
     filters: dict[str, Any] = Field(default_factory=dict)
     routes: list[dict[str, Any]] = Field(default_factory=list)
@@ -150,6 +152,13 @@ class Settings(BaseSettings):
         if self.wandb_mode is not None:
             return self.wandb_mode
         return "online" if self.wandb_api_key else "offline"
+
+    @property
+    def eval_bounds(self) -> Bounds:
+        """The global bounds of the samples (``FTBRIDGE_EVAL_*``)."""
+        return Bounds(
+            self.eval_samples, self.eval_max_tokens, self.eval_token_budget, self.eval_deadline
+        )
 
     def secrets(self) -> list[str]:
         """The secret values, for the log redactor."""

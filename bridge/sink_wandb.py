@@ -240,7 +240,12 @@ class WandbSink:
                     handle.write(content)
             for name, (columns, rows) in spec.tables.items():
                 artifact.add(wandb.Table(columns=list(columns), data=rows), name)
-            run.log_artifact(artifact, aliases=list(spec.aliases))
+            logged = run.log_artifact(artifact, aliases=list(spec.aliases))
+            if spec.shared and self.online:
+                # This run's input too, like the later runs' that use it; waited for, so
+                # that the next run can use it at once.
+                logged.wait(timeout=max(1, math.ceil(self._options.finish_timeout)))
+                run.use_artifact(logged)
         except Exception as error:  # noqa: BLE001
             raise SinkUnavailable(
                 f"W&B did not take artifact {spec.name}: {_reason(error)}"

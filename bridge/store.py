@@ -480,6 +480,29 @@ class SqlStore:
                 )
             )
 
+    def artifact_holder(self, key: str) -> str | None:
+        """The job whose run logged the artifact ``key`` first, if any did."""
+        a = schema.artifacts
+        with self._tx() as conn:
+            return conn.execute(
+                sa.select(a.c.job_id).where(a.c.key == key).order_by(a.c.logged_at).limit(1)
+            ).scalar_one_or_none()
+
+    # Answers of the samples
+    def sample_answers(self, job_id: str) -> dict[tuple[int, str], Json]:
+        s = schema.sample_answers
+        with self._tx() as conn:
+            rows = conn.execute(sa.select(s).where(s.c.job_id == job_id)).all()
+        return {(r.prompt, r.model): json.loads(r.answer_json) for r in rows}
+
+    def save_sample_answer(self, job_id: str, prompt: int, model: str, answer: Json) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                schema.sample_answers.insert().values(
+                    job_id=job_id, prompt=prompt, model=model, answer_json=json.dumps(answer)
+                )
+            )
+
     def close(self) -> None:
         self._engine.dispose()
 

@@ -469,9 +469,12 @@ def test_invalid_utf8_and_lone_surrogates_become_replacement_characters() -> Non
     assert first_user.startswith("caf")
 
 
-def test_artifact_name() -> None:
-    assert artifact_name("ftjob-abc123", "training") == "ftjob-abc123-training-data"
-    assert artifact_name("ft:job/1", "validation") == "ft-job-1-validation-data"
+def test_artifact_name_is_the_provider_and_file_id() -> None:
+    assert artifact_name("openai", "file-abc123") == "openai-file-abc123"
+    assert artifact_name("fireworks", "accounts/a/datasets/d") == "fireworks-accounts-a-datasets-d"
+    long_a, long_b = "x" * 200 + "a", "x" * 200 + "b"
+    assert len(artifact_name("together", long_a)) == 128
+    assert artifact_name("together", long_a) != artifact_name("together", long_b)
 
 
 # -- arbitrary input ---------------------------------------------------------------------------
@@ -557,19 +560,15 @@ def test_dataset_artifact_is_recorded_by_the_sink(
     sink.log_artifact(
         "ftjob-abc",
         dataset_artifact(
-            job_id="ftjob-abc",
-            file_id="file-train",
-            role="training",
-            content=content,
-            method="supervised",
+            provider="openai", file_id="file-train", content=content, method="supervised"
         ),
     )
     sink.finish("ftjob-abc", 0)
     (artifact,) = wait_for_exit(path).artifacts
-    assert (artifact["name"], artifact["type"]) == ("ftjob-abc-training-data", "dataset")
+    assert (artifact["name"], artifact["type"]) == ("openai-file-train", "dataset")
     assert artifact["metadata"] == {
+        "provider": "openai",
         "file_id": "file-train",
-        "role": "training",
         "method": "supervised",
         "total_lines": 3,
         "bad_lines": 1,

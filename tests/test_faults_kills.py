@@ -140,3 +140,44 @@ def test_ten_kill_9s_at_random_moments_lose_and_repeat_nothing(
                 )
                 seen[step] = index
     assert len(recovered) >= 3, "kills left runs to repair"
+
+
+def test_kill_9_while_sampling_then_restart_logs_one_table_and_bills_once(
+    start_emulator: StartEmulator, bridge_process: MakeBridge
+) -> None:
+    """The bridge is killed (the whole process tree) while a succeeded job's samples are
+    being asked (each chat answer takes 0.4 s), and started again: in the end one samples
+    table, and the chat API asked once per conversation and model, plus at most the one
+    request that was under way at the kill."""
+    conversations = 4
+    emulator = start_emulator([JobScenario(id="ftjob-s", created_offset=-7200, n_steps=6)])
+    emulator.set_faults(chat_latency=0.4)
+    bridge = bridge_process(
+        emulator, FTBRIDGE_EVAL_SAMPLES=str(conversations), FTBRIDGE_EVAL_MAX_TOKENS="5"
+    )
+    first = bridge.start("run")
+    wait_until(lambda: emulator.counts["chat"] >= 3, 60, "the first chat answers")
+    bridge.kill_tree(first)
+    asked_before = emulator.counts["chat"]
+    store = bridge.store()
+    kept = len(store.sample_answers("ftjob-s"))
+    store.close()
+    assert asked_before - 1 <= kept <= asked_before < 2 * conversations
+
+    again = bridge.start("run")
+    wait_until(lambda: bridge.all_synced(1), 60, "the job written to its end")
+    assert bridge.stop(again) == 0
+    asked_after = emulator.counts["chat"] - asked_before
+    assert asked_after == 2 * conversations - kept  # only what the first one did not keep
+    assert emulator.counts["chat"] <= 2 * conversations + 1
+
+    tables = [
+        artifact["name"]
+        for path in find_run_files(bridge.wandb_dir, "ftjob-s")
+        for artifact in read_run(path).artifacts
+        if artifact["type"] == "evaluation"
+    ]
+    assert tables == ["ftjob-s-samples"]
+    run = read_merged(bridge.wandb_dir, "ftjob-s")
+    assert run.exit_code == 0 and run.summary["samples/count"] == conversations
+    assert "samples/stopped" not in run.summary

@@ -19,7 +19,7 @@ from bridge.store import SqlStore
 from bridge.testing import WandbServer
 from bridge.wandbfile import read_merged
 from tests.conftest import API_KEY, new_emulator
-from tests.wandb_server import wandb_server_fixture
+from tests.wandb_server import online_options, wandb_server_fixture
 
 __all__ = ["wandb_server_fixture"]
 
@@ -103,17 +103,7 @@ def test_online_each_run_uses_its_parents_artifact(
 ) -> None:
     emulator = new_emulator([])
     try:
-        sink = WandbSink(
-            WandbOptions(
-                mode="online",
-                directory=tmp_path,
-                api_key=wandb_server.api_key,
-                base_url=wandb_server.url,
-                init_timeout=10,
-                finish_timeout=30,
-                upload_interval=1,
-            )
-        )
+        sink = WandbSink(online_options(wandb_server, tmp_path))
         backfill(emulator, make_bridge(emulator, sink, tmp_path), order)
     finally:
         emulator.stop()

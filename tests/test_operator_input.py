@@ -83,6 +83,21 @@ def test_an_infinite_shutdown_timeout_is_refused_at_start(bridge_process: MakeBr
     one_line_error(bridge.run("run"), 2, "FTBRIDGE_SHUTDOWN_TIMEOUT", "finite")
 
 
+def test_a_bad_eval_setting_in_a_route_is_one_line(
+    bridge_process: MakeBridge, tmp_path: Path
+) -> None:
+    config = tmp_path / "routes.toml"
+    config.write_text('[[routes]]\nproject = "big"\neval_samples = 1000\n')
+    bridge = bridge_process(UNREACHABLE)
+    one_line_error(
+        bridge.run("--config", str(config), "run"),
+        2,
+        "route #1 (project 'big')",
+        "eval_samples",
+        "less than or equal to 200",
+    )
+
+
 def test_operator_commands_never_create_a_database(
     bridge_process: MakeBridge, tmp_path: Path
 ) -> None:

@@ -105,9 +105,13 @@ def test_supervised_run_holds_every_step_checkpoints_model_results_and_cost(
     assert model["entries"][0]["ref"] == f"openai://{job['fine_tuned_model']}"
     (results,) = artifacts_of(run, "results")
     assert [e["path"] for e in results["entries"]] == ["results.csv"]
-    (training, validation) = sorted(artifacts_of(run, "dataset"), key=lambda a: a["name"])
-    assert training["metadata"]["role"] == "training" and training["metadata"]["examples"] > 0
-    assert validation["metadata"]["role"] == "validation"
+    datasets = {a["metadata"]["file_id"]: a for a in artifacts_of(run, "dataset")}
+    assert set(datasets) == {job["training_file"], job["validation_file"]}
+    for role in ("training", "validation"):
+        artifact = datasets[job[f"{role}_file"]]
+        assert artifact["name"] == run.config[f"{role}_file_artifact"]
+        assert artifact["name"] == f"openai-{job[f'{role}_file']}"
+        assert artifact["metadata"]["examples"] > 0
     assert run.summary["trained_tokens"] == job["trained_tokens"]
     assert run.summary["estimated_cost_usd"] == pytest.approx(job["trained_tokens"] / 1e6 * 3.0)
     assert run.summary["total_steps"] == 12

@@ -11,8 +11,9 @@ import pytest
 
 from bridge.emulator import Emulator, JobScenario, chat
 from bridge.engine import Bridge
-from bridge.evals import sampler as sampling
-from bridge.evals.sampler import Bounds, Sampler
+from bridge.evals.bounds import Bounds
+from bridge.evals.sampler import Chat, Sampler
+from bridge.evals.samples import Answer
 from bridge.mapping import ArtifactSpec, WandbDefaults
 from bridge.sink_wandb import WandbOptions, WandbSink
 from bridge.sources.openai import OpenAISource
@@ -153,15 +154,45 @@ def test_a_model_that_cannot_be_sampled(tmp_path: Path) -> None:
     assert run.exit_code == 0 and run.summary["samples/stopped"].startswith("chat API")
 
 
-def test_a_restart_in_the_middle_never_bills_twice(tmp_path: Path) -> None:
+class Killed(BaseException):
+    """The process dies (not an error the sampler could catch)."""
+
+
+class DiesAfter:
+    """The source's chat, until the process dies after ``calls`` answers."""
+
+    def __init__(self, chat: Chat, calls: int) -> None:
+        self.inner = chat
+        self.calls = calls
+
+    def chat(self, model: str, messages: list[dict[str, Any]], max_tokens: int) -> Answer:
+        if self.calls == 0:
+            raise Killed
+        self.calls -= 1
+        return self.inner.chat(model, messages, max_tokens)
+
+
+def test_a_restart_in_the_middle_asks_only_what_it_lacks(tmp_path: Path) -> None:
     emulator, bridge, sink = setup(tmp_path, [done("ftjob-r")])
     try:
         bridge.discover()
-        # The process died after the sampling began: its mark is in the store.
-        bridge.store.mark_artifact("ftjob-r", sampling.STARTED, None)
-        bridge.poll()
-        assert emulator.counts["chat"] == 0 and tables(sink) == []
+        state = bridge.store.get_job("ftjob-r")
+        assert state is not None and isinstance(bridge.source, OpenAISource)
+        sink.open(bridge._spec(state.job))
+        bounds = Bounds(limit=3, max_tokens=5)
+        read = bridge.source.file_content
+        dying = Sampler(DiesAfter(bridge.source, 3), sink, bridge.store, bounds, read_file=read)
+        with pytest.raises(Killed):
+            dying.run(state)
+        assert emulator.counts["chat"] == 3 and tables(sink) == []
+        bridge.poll()  # the next process: the job is written to its end, with the samples
+        bridge.poll()  # and a replay asks nothing more
+        tuned = bridge.store.get_job("ftjob-r").job["fine_tuned_model"]  # type: ignore[union-attr]
+        assert emulator.counts["chat"] == 6
     finally:
         emulator.stop()
-    run = read_merged(tmp_path, "ftjob-r")
-    assert run.summary["samples/skipped"] == "interrupted; not asked again"
+    [rows] = tables(sink)
+    for index, row in enumerate(rows):
+        messages = [{"role": "user", "content": f"training example {index}"}]
+        assert row[2:4] == [chat.answer(BASE, messages, 5), chat.answer(tuned, messages, 5)]
+    assert read_merged(tmp_path, "ftjob-r").summary["samples/count"] == 3

@@ -13,11 +13,11 @@ from bridge.errors import SinkUnavailable
 from bridge.mapping import MetricRow, RunSpec, WandbDefaults
 from bridge.memory import MemorySource
 from bridge.ports import PlacedRow
-from bridge.sink_wandb import WandbOptions, WandbSink
+from bridge.sink_wandb import WandbSink
 from bridge.store import SqlStore
 from bridge.testing import WandbServer
 from tests.factories import job, metrics
-from tests.wandb_server import wandb_server_fixture
+from tests.wandb_server import online_options, wandb_server_fixture
 
 pytestmark = pytest.mark.e2e
 
@@ -25,17 +25,7 @@ __all__ = ["wandb_server_fixture"]
 
 
 def online_sink(server: WandbServer, directory: Path) -> WandbSink:
-    return WandbSink(
-        WandbOptions(
-            mode="online",
-            directory=directory,
-            api_key=server.api_key,
-            base_url=server.url,
-            init_timeout=3,
-            finish_timeout=30,
-            upload_interval=1,
-        )
-    )
+    return WandbSink(online_options(server, directory, init_timeout=3))
 
 
 def spec(run_id: str) -> RunSpec:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import wandb
 
-from bridge.sink_wandb import quiet_settings
+from bridge.sink_wandb import WandbOptions, quiet_settings
 from bridge.testing import WandbServer
 
 
@@ -52,6 +52,19 @@ def online_settings(server: WandbServer, **extra: Any) -> Any:
     settings = quiet_settings(**{k: v for k, v in options.items() if k != "console"})
     settings.console = options.get("console", "off")
     return settings
+
+
+def online_options(server: WandbServer, directory: Path, init_timeout: float = 10) -> WandbOptions:
+    """The bridge's W&B options for runs online to `server`, uploading every second."""
+    return WandbOptions(
+        mode="online",
+        directory=directory,
+        api_key=server.api_key,
+        base_url=server.url,
+        init_timeout=init_timeout,
+        finish_timeout=30,
+        upload_interval=1,
+    )
 
 
 @pytest.fixture(name="wandb_server")

@@ -248,5 +248,14 @@ class Account:
         with self._lock:
             return self._content(self._file(file_id, self.clock.now()))
 
+    def file_id_of(self, lowered: str) -> str:
+        """The file whose id, lowercased, is ``lowered`` (Fireworks' dataset ids are the
+        emulator's file ids in lower case)."""
+        with self._lock:
+            found = next((f for f in self._files if f.lower() == lowered), None)
+        if found is None:
+            raise not_found("file", lowered, param="file_id")
+        return found
+
     def now(self) -> float:
         return self.clock.now()

@@ -60,11 +60,19 @@ def _json_body(request: Request) -> Any:
         raise ApiError(400, "We could not parse the JSON body of your request.") from None
 
 
+#: The kinds of request that are chat completions (of any provider).
+CHAT_KINDS = frozenset({"chat", "fw_chat"})
+
+
 class ProviderApi(Protocol):
     """Another provider's API over the same account (``bridge.emulator.providers``): its
     routes (method, path pattern, kind) and what each kind answers."""
 
     routes: Sequence[tuple[str, re.Pattern[str], str]]
+
+    def tuned_models(self) -> set[str]:
+        """The fine-tuned models of its jobs (which chat completions answer as tuned)."""
+        ...
 
     def dispatch(
         self, kind: str, params: dict[str, str], query: dict[str, str], request: Request
@@ -116,6 +124,8 @@ class Api:
             number = sum(self.counts.values())
         headers = {"x-request-id": "req_" + ids.token("request", number, length=32)}
         latency = self.faults.faults.latency
+        if kind in CHAT_KINDS:
+            latency += self.faults.faults.chat_latency
         if latency:
             time.sleep(latency)
         fault = self.faults.draw()
@@ -177,10 +187,14 @@ class Api:
         if kind in ("cancel", "pause", "resume"):
             return account.intervene(ident, kind)  # type: ignore[arg-type]
         if kind == "chat":
-            return chat.complete(_json_body(request))
+            return chat.complete(_json_body(request), self.tuned_models())
         if kind == "retrieve_file":
             return account.file(ident)
         return account.file_content(ident)
+
+    def tuned_models(self) -> set[str]:
+        """Fine-tuned models of the other providers' jobs (Together's chat path is OpenAI's)."""
+        return {model for provider in self.providers for model in provider.tuned_models()}
 
     def _control(self, method: str, path: str, request: Request) -> Response:
         """`/_emulator/...`: steer a running emulator (no auth, no faults, not counted)."""

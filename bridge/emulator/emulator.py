@@ -92,8 +92,11 @@ class Emulator:
         retry_after: float | None = None,
         down: bool = False,
         latency: float = 0.0,
+        *,
+        chat_latency: float = 0.0,
     ) -> None:
-        """Fail a seeded share of requests, or all of them (`down`, 503), after `latency` s."""
+        """Fail a seeded share of requests, or all of them (`down`, 503), after `latency` s
+        (chat completions `chat_latency` s more)."""
         self.faults.set(
             Faults(
                 error_rate=error_rate,
@@ -101,6 +104,7 @@ class Emulator:
                 retry_after=retry_after,
                 down=down,
                 latency=latency,
+                chat_latency=chat_latency,
             )
         )
 

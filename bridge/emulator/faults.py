@@ -20,6 +20,8 @@ class Faults(BaseModel):
     retry_after: float | None = Field(default=None, ge=0)
     down: bool = False
     latency: float = Field(default=0.0, ge=0.0)
+    # Seconds more each chat completion takes (any provider's): slow samples.
+    chat_latency: float = Field(default=0.0, ge=0.0)
 
 
 class FaultInjector:

@@ -25,7 +25,12 @@ What it serves (``/v1/accounts/{account}/...``, Bearer auth, the emulator's faul
   expiry and signature and no Bearer key: an expired or altered URL answers 403 as a cloud
   storage signed URL does, and so does a request that also sends an ``Authorization``
   header (a signed URL never needs the API key). Every ``get`` signs a fresh URL;
-- RFT metrics as the ``outputMetrics`` JSON string, and ``outputStats``.
+- RFT metrics as the ``outputMetrics`` JSON string, and ``outputStats``;
+- ``datasets/{id}:getDownloadEndpoint``: ``{"filenameToSignedUrls": {"data.jsonl": url}}``, a
+  signed URL like the metrics file's to the file the dataset id names (the emulator's file id,
+  lowercased), as ``client.datasets.get_download_endpoint`` gives it;
+- ``POST /inference/v1/chat/completions``: the emulator's deterministic chat answers
+  (:mod:`bridge.emulator.chat`), ``outputModel`` of a job answering as the fine-tuned model.
 
 **The metrics file's shape is our decision**: Fireworks does not document it. Third-party
 integrations read it as JSON lines with ``step``, ``timestamp`` and ``train/loss``,
@@ -56,7 +61,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from bridge.emulator import ids
+from bridge.emulator import chat, ids
 from bridge.emulator.account import Account
 from bridge.emulator.errors import ApiError
 from bridge.emulator.metrics import StepValues, epoch_end_steps
@@ -80,6 +85,8 @@ _JOB = _BASE + r"/(?P<job>[^/:]+)"
 _SIGNED = (
     r"/_signed/fireworks/(?P<account>[^/]+)/" + _COLLECTION + r"/(?P<job>[^/]+)/metrics\.jsonl"
 )
+_DATASET = r"/v1/accounts/(?P<account>[^/:]+)/datasets/(?P<dataset>[^/:]+)"
+_SIGNED_DATASET = r"/_signed/fireworks/(?P<account>[^/]+)/datasets/(?P<dataset>[^/]+)/data\.jsonl"
 
 
 def rfc3339(seconds: float) -> str:
@@ -108,7 +115,7 @@ def short_id(plan: JobPlan) -> str:
 class FireworksApi:
     """:class:`bridge.emulator.api.ProviderApi` for Fireworks, under ``account_id``."""
 
-    public_kinds = frozenset({"metrics_file"})
+    public_kinds = frozenset({"metrics_file", "dataset_file"})
 
     def __init__(self, account: Account, account_id: str = "emulator") -> None:
         self.account = account
@@ -123,20 +130,34 @@ class FireworksApi:
                 ("POST", _JOB + ":cancel", "fw_cancel"),
                 ("GET", _JOB + ":getMetricsFileEndpoint", "fw_metrics_endpoint"),
                 ("GET", _SIGNED, "metrics_file"),
+                ("GET", _DATASET + ":getDownloadEndpoint", "fw_dataset_endpoint"),
+                ("GET", _SIGNED_DATASET, "dataset_file"),
+                ("POST", r"/inference/v1/chat/completions", "fw_chat"),
             ]
         ]
+
+    def tuned_models(self) -> set[str]:
+        """``outputModel`` of every Fireworks job."""
+        jobs, _ = self.account.jobs_of("fireworks")
+        return {self._training_config(plan)["outputModel"] for plan, _ in jobs}
 
     # Dispatch
     def dispatch(
         self, kind: str, params: dict[str, str], query: dict[str, str], request: Request
     ) -> Any:
-        collection = params["collection"]
+        if kind == "fw_chat":
+            return chat.complete(_body(request), self.tuned_models())
         if kind == "metrics_file":
             return self._metrics_file(params, query, request)
+        if kind == "dataset_file":
+            return self._dataset_file(params, query, request)
         if params["account"] != self.account_id:
             raise FireworksError(
                 403, f"Permission denied on account {params['account']!r}.", "PERMISSION_DENIED"
             )
+        if kind == "fw_dataset_endpoint":
+            return self._dataset_endpoint(params["dataset"], request)
+        collection = params["collection"]
         if kind == "fw_list":
             return self._list(collection, query, request)
         plan, timeline, now = self._find(collection, params["job"])
@@ -271,18 +292,18 @@ class FireworksApi:
     def _signed_url(self, plan: JobPlan, now: float, request: Request) -> str:
         collection = COLLECTIONS[plan.job.method]
         path = f"/_signed/fireworks/{self.account_id}/{collection}/{short_id(plan)}/metrics.jsonl"
+        return self._signed(path, now, request)
+
+    def _signed(self, path: str, now: float, request: Request) -> str:
         expires = int(now + self.url_ttl)
         host = request.headers.get("host", "127.0.0.1")
         return f"http://{host}{path}?Expires={expires}&Signature={self._signature(path, expires)}"
 
-    def _metrics_file(
-        self, params: dict[str, str], query: dict[str, str], request: Request
-    ) -> bytes:
+    def _check_signed(self, path: str, query: dict[str, str], request: Request) -> None:
         if "authorization" in request.headers:
             raise FireworksError(
                 400, "A signed URL takes no Authorization header.", "INVALID_ARGUMENT"
             )
-        path = "/_signed/fireworks/{account}/{collection}/{job}/metrics.jsonl".format(**params)
         try:
             expires = int(query.get("Expires", ""))
         except ValueError:
@@ -291,8 +312,42 @@ class FireworksApi:
             raise FireworksError(403, "The signature does not match.", "PERMISSION_DENIED")
         if self.account.now() > expires:
             raise FireworksError(403, "The signed URL has expired.", "PERMISSION_DENIED")
+
+    def _metrics_file(
+        self, params: dict[str, str], query: dict[str, str], request: Request
+    ) -> bytes:
+        path = "/_signed/fireworks/{account}/{collection}/{job}/metrics.jsonl".format(**params)
+        self._check_signed(path, query, request)
         plan, timeline, now = self._find(params["collection"], params["job"])
         return metrics_file(plan, _visible_steps(timeline, now))
+
+    # Datasets: a download endpoint that names one signed URL per file of the dataset
+    def _dataset_endpoint(self, dataset: str, request: Request) -> dict[str, Any]:
+        self._file_of(dataset)
+        path = f"/_signed/fireworks/{self.account_id}/datasets/{dataset}/data.jsonl"
+        url = self._signed(path, self.account.now(), request)
+        return {"filenameToSignedUrls": {"data.jsonl": url}}
+
+    def _dataset_file(
+        self, params: dict[str, str], query: dict[str, str], request: Request
+    ) -> bytes:
+        path = "/_signed/fireworks/{account}/datasets/{dataset}/data.jsonl".format(**params)
+        self._check_signed(path, query, request)
+        return self.account.file_content(self._file_of(params["dataset"]))
+
+    def _file_of(self, dataset: str) -> str:
+        try:
+            return self.account.file_id_of(dataset)
+        except ApiError:
+            name = f"accounts/{self.account_id}/datasets/{dataset}"
+            raise FireworksError(404, f"Dataset {name!r} not found.", "NOT_FOUND") from None
+
+
+def _body(request: Request) -> Any:
+    try:
+        return json.loads(request.body or b"{}")
+    except ValueError:
+        raise FireworksError(400, "The body is not JSON.", "INVALID_ARGUMENT") from None
 
 
 # What the timeline says, in Fireworks' words

@@ -17,7 +17,9 @@ the same time give the same answer and the metric values are those of the plan's
 - ``/events``: Together's event types (``job_pending``, ``job_start``, ``training_start``,
   ``checkpoint_save``, ``epoch_complete``, ``job_complete``, ``job_error``, ...), oldest first,
   with ISO-8601 ``created_at`` strings;
-- ``/checkpoints``: the intermediate checkpoints of each epoch but the last, and the final one.
+- ``/checkpoints``: the intermediate checkpoints of each epoch but the last, and the final one;
+- chat completions at ``/v1/chat/completions``, the path OpenAI's API shares (served by
+  :mod:`bridge.emulator.api`): a job's ``model_output_name`` answers as its fine-tuned model.
 
 Jobs keep the ids their scenario gives (Together's are ``ft-`` and a UUID). The scenario's
 ``hyperparameters`` may set Together's own settings: ``learning_rate``, ``warmup_ratio``,
@@ -443,6 +445,12 @@ class TogetherApi:
 
     def __init__(self, account: Account) -> None:
         self.account = account
+
+    def tuned_models(self) -> set[str]:
+        """``model_output_name`` of every Together job (its chat path is OpenAI's,
+        ``/v1/chat/completions``, answered by :func:`bridge.emulator.chat.complete`)."""
+        jobs, _ = self.account.jobs_of(PROVIDER)
+        return {model_output_name(plan) for plan, _ in jobs}
 
     def dispatch(
         self, kind: str, params: dict[str, str], query: dict[str, str], request: Request

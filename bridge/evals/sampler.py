@@ -1,33 +1,38 @@
-"""The chat calls of the samples, bounded, and done once per job.
+"""The chat calls of the samples, bounded, and each billed once.
 
-Bounds: at most ``limit`` (<= 200) conversations, ``max_tokens`` per answer, ``token_budget``
-tokens per job (prompt and answer, both models; sampling stops before a pair that could pass
-it), and ``deadline`` seconds. Once: the store records ``samples:started`` (kept across lost
-segments) before the first call, so a restart or a replay never asks, nor bills, again; a
-restart in the middle leaves the reason in the summary instead of a second table. A failure
-(429, 5xx, a model that cannot be sampled) ends the sampling with what was answered so far and
-its reason in the summary; it never holds the run open.
+Bounds (:mod:`bridge.evals.bounds`, per job): at most ``limit`` (<= 200) conversations,
+``max_tokens`` per answer, ``token_budget`` tokens per job (prompt and answer, both models;
+sampling stops before a pair that could pass it), and ``deadline`` seconds (per attempt).
+Once: each answer is kept in the store as soon as it arrives, and the table is marked logged
+(``samples``); a restart in the middle asks only for the answers it lacks (the answer whose
+request was under way when the process died is asked again: the calls go one at a time, so
+one per kill) and logs the one table; a replay after the table asks nothing. A failure (429, 5xx, a
+model that cannot be sampled) ends the sampling with what was answered so far and its reason
+in the summary; it never holds the run open.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import structlog
 
 from bridge import prices
 from bridge.errors import BridgeError
 from bridge.evals import samples
+from bridge.evals.bounds import Bounds, BoundsOf
 from bridge.evals.samples import Answer, Prompt
 from bridge.mapping import ArtifactSpec
 from bridge.ports import JobState, Json, RunSink, StateStore
 
 log = structlog.get_logger(__name__)
 
-STARTED = "samples:started"
+LOGGED = "samples"
+Who = Literal["base", "tuned"]
+Pair = tuple[Prompt, Answer, Answer]
 
 
 class Chat(Protocol):
@@ -36,12 +41,9 @@ class Chat(Protocol):
     def chat(self, model: str, messages: list[dict[str, Any]], max_tokens: int) -> Answer: ...
 
 
-@dataclass(frozen=True)
-class Bounds:
-    limit: int = 0
-    max_tokens: int = 256
-    token_budget: int = 100_000
-    deadline: float = 120.0
+def fixed(bounds: Bounds) -> BoundsOf:
+    """The same bounds for every job."""
+    return lambda _job: bounds
 
 
 class Sampler:
@@ -50,7 +52,7 @@ class Sampler:
         chat: Chat,
         sink: RunSink,
         store: StateStore,
-        bounds: Bounds,
+        bounds: Bounds | BoundsOf,
         *,
         read_file: Callable[[str], bytes],
         price_table: Mapping[str, float] = prices.DEFAULT_PRICES,
@@ -58,15 +60,16 @@ class Sampler:
         self.chat = chat
         self.sink = sink
         self.store = store
-        self.bounds = bounds
+        self.bounds_of = fixed(bounds) if isinstance(bounds, Bounds) else bounds
         self.read_file = read_file
         self.prices = price_table
 
-    def wanted(self, state: JobState) -> bool:
+    def wanted(self, state: JobState, bounds: Bounds | None = None) -> bool:
         method = state.job.get("method")
         kind = method.get("type") if isinstance(method, Mapping) else "supervised"
+        limit = (bounds or self.bounds_of(state.job)).limit
         return (
-            self.bounds.limit > 0
+            limit > 0
             and state.status == "succeeded"
             and kind in (None, "supervised")
             and isinstance(state.job.get("fine_tuned_model"), str)
@@ -74,61 +77,73 @@ class Sampler:
         )
 
     def run(self, state: JobState) -> None:
-        """Sample once, log the table and the figures; never raises."""
-        if not self.wanted(state):
-            return
-        if STARTED in self.store.logged_artifacts(state.job_id):
-            if "samples" not in self.store.logged_artifacts(state.job_id):
-                self._summary(state.job_id, {"samples/skipped": "interrupted; not asked again"})
+        """Sample (what is not answered yet), log the table and the figures; never raises."""
+        bounds = self.bounds_of(state.job)
+        if not self.wanted(state, bounds) or LOGGED in self.store.logged_artifacts(state.job_id):
             return
         try:
-            picked = self._prompts(state)
+            picked = self._prompts(state, bounds.limit)
         except BridgeError as error:
             self._summary(state.job_id, {"samples/skipped": f"file unreadable: {error}"})
             return
-        self.store.mark_artifact(state.job_id, STARTED, None)
-        pairs, reason, spent = self._ask(state.job, picked)
+        pairs, reason, spent = self._ask(state, picked, bounds)
         self._log(state, pairs, reason, spent)
 
-    def _prompts(self, state: JobState) -> list[Prompt]:
+    def _prompts(self, state: JobState, limit: int) -> list[Prompt]:
         for role in ("validation_file", "training_file"):
             file_id = state.job.get(role)
             if isinstance(file_id, str):
-                return samples.prompts(self.read_file(file_id), self.bounds.limit)
+                return samples.prompts(self.read_file(file_id), limit)
         return []
 
     def _ask(
-        self, job: Json, picked: list[Prompt]
-    ) -> tuple[list[tuple[Prompt, Answer, Answer]], str | None, int]:
-        base, tuned = str(job["model"]), str(job["fine_tuned_model"])
-        ends = time.monotonic() + self.bounds.deadline
-        pairs: list[tuple[Prompt, Answer, Answer]] = []
+        self, state: JobState, picked: list[Prompt], bounds: Bounds
+    ) -> tuple[list[Pair], str | None, int]:
+        job = state.job
+        models: dict[Who, str] = {"base": str(job["model"]), "tuned": str(job["fine_tuned_model"])}
+        kept = {
+            key: _answer(value) for key, value in self.store.sample_answers(state.job_id).items()
+        }
+        ends = time.monotonic() + bounds.deadline
+        pairs: list[Pair] = []
         spent = 0
-        for prompt in picked:
+        for index, prompt in enumerate(picked):
             if time.monotonic() > ends:
                 return pairs, "deadline reached", spent
-            if spent + self._worst(prompt) > self.bounds.token_budget:
+            answered = sum((index, who) in kept for who in models)
+            if spent + self._worst(prompt, bounds, answered=answered) > bounds.token_budget:
                 return pairs, "token budget reached", spent
-            try:
-                first = self.chat.chat(base, prompt.messages, self.bounds.max_tokens)
-                spent += first.tokens
-                second = self.chat.chat(tuned, prompt.messages, self.bounds.max_tokens)
-                spent += second.tokens
-            except BridgeError as error:
-                return pairs, f"chat API: {error}", spent
-            pairs.append((prompt, first, second))
+            answers: dict[Who, Answer] = {}
+            for who, model in models.items():
+                try:
+                    answers[who] = kept.get((index, who)) or self._answer(
+                        state.job_id, index, who, model, prompt, max_tokens=bounds.max_tokens
+                    )
+                except BridgeError as error:
+                    return pairs, f"chat API: {error}", spent
+                spent += answers[who].tokens
+            pairs.append((prompt, answers["base"], answers["tuned"]))
         return pairs, None, spent
 
-    def _worst(self, prompt: Prompt) -> int:
-        """Tokens a pair may take at most: its prompt (about 4 characters a token) and two
-        answers of ``max_tokens``."""
+    def _answer(
+        self, job_id: str, index: int, who: Who, model: str, prompt: Prompt, *, max_tokens: int
+    ) -> Answer:
+        """Ask, and keep the answer at once: it is billed, and never asked again."""
+        answer = self.chat.chat(model, prompt.messages, max_tokens)
+        self.store.save_sample_answer(job_id, index, who, dataclasses.asdict(answer))
+        return answer
+
+    @staticmethod
+    def _worst(prompt: Prompt, bounds: Bounds, *, answered: int = 0) -> int:
+        """Tokens a pair's answers not yet kept may take at most: its prompt (about 4
+        characters a token) and an answer of ``max_tokens``, for each."""
         chars = sum(len(str(m.get("content", ""))) for m in prompt.messages)
-        return 2 * (chars // 4 + 1 + self.bounds.max_tokens)
+        return (2 - answered) * (chars // 4 + 1 + bounds.max_tokens)
 
     def _log(
         self,
         state: JobState,
-        pairs: list[tuple[Prompt, Answer, Answer]],
+        pairs: list[Pair],
         reason: str | None,
         spent: int,
     ) -> None:
@@ -141,7 +156,7 @@ class Sampler:
             summary["samples/stopped"] = reason
         table = (samples.COLUMNS, [samples.row(*pair) for pair in pairs])
         spec = ArtifactSpec(
-            key="samples",
+            key=LOGGED,
             name=f"{state.job_id}-samples"[:128],
             type="evaluation",
             metadata={k: v for k, v in summary.items() if not isinstance(v, str) or v},
@@ -149,7 +164,7 @@ class Sampler:
         )
         try:
             self.sink.log_artifact(state.job_id, spec)
-            self.store.mark_artifact(state.job_id, "samples", None)
+            self.store.mark_artifact(state.job_id, LOGGED, None)
         except BridgeError as error:
             summary["samples/stopped"] = f"W&B did not take the table: {error}"
         self._summary(state.job_id, summary)
@@ -160,3 +175,9 @@ class Sampler:
             self.sink.update_summary(job_id, summary)
         except BridgeError as error:
             log.warning("samples.summary_failed", job_id=job_id, error=str(error))
+
+
+def _answer(kept: Json) -> Answer:
+    """An answer as the store keeps it."""
+    fields = {f.name for f in dataclasses.fields(Answer)}
+    return Answer(**{k: v for k, v in kept.items() if k in fields})

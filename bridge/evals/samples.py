@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +42,32 @@ class Answer:
     @property
     def tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+
+def chat_request(model: str, messages: list[dict[str, Any]], max_tokens: int) -> dict[str, Any]:
+    """The body of an OpenAI-style chat completions request (Together's and Fireworks' too)."""
+    return {"model": model, "messages": messages, "max_tokens": max_tokens}
+
+
+def answer_of(completion: Mapping[str, Any], latency: float) -> Answer:
+    """An OpenAI-style chat completion object as an answer: the first choice's text and the
+    usage's token counts (missing or odd fields count as empty and 0)."""
+    choices = completion.get("choices")
+    first = choices[0] if isinstance(choices, list) and choices else None
+    message = first.get("message") if isinstance(first, Mapping) else None
+    text = message.get("content") if isinstance(message, Mapping) else None
+    usage = completion.get("usage")
+    usage = usage if isinstance(usage, Mapping) else {}
+    return Answer(
+        text=text if isinstance(text, str) else "",
+        latency=latency,
+        prompt_tokens=_count(usage.get("prompt_tokens")),
+        completion_tokens=_count(usage.get("completion_tokens")),
+    )
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def prompts(content: bytes, limit: int) -> list[Prompt]:

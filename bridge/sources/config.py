@@ -10,6 +10,7 @@ import openai
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from bridge.errors import ConfigError
+from bridge.evals.bounds import EvalOverrides
 from bridge.routing import JobFilter, Route
 from bridge.settings import Settings
 from bridge.sources.fireworks import FireworksSource
@@ -25,13 +26,14 @@ class Destination(BaseModel):
     tags: list[str] = Field(default_factory=list)
 
 
-class SourceConfig(BaseModel):
+class SourceConfig(EvalOverrides):
     """One fine-tuning API. ``kind``: ``openai`` (also Azure's v1 API and any compatible
     endpoint, by ``base_url``), ``azure`` (Azure's dated API versions: ``azure_endpoint``
     and ``api_version``), ``together`` (Together AI; ``base_url`` is its host, by default
     ``https://api.together.ai``) or ``fireworks`` (Fireworks AI: ``account_id``, and
     ``base_url`` when not Fireworks' own host). The key is ``api_key``, or the environment
-    variable named by ``api_key_env``."""
+    variable named by ``api_key_env``. The eval keys (``eval_samples``, ...) bound the
+    samples of its jobs (see :mod:`bridge.evals.bounds`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

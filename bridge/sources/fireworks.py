@@ -75,6 +75,8 @@ from bridge.errors import (
     SourceRejected,
     SourceUnavailable,
 )
+from bridge.evals import samples
+from bridge.evals.samples import Answer
 from bridge.paging import DEFAULT_MAX_PAGES, PageWalk
 from bridge.sources import paging
 from bridge.sources.model import Job, JobError, bridge_status
@@ -91,6 +93,7 @@ MAX_METRICS_BYTES: Final = 32 * 1024 * 1024
 MAX_ANSWER_BYTES: Final = 64 * 1024 * 1024
 #: Longest ``retry-after`` waited for inside a request; beyond it the cycle gives up.
 MAX_RETRY_WAIT: Final = 20.0
+_DATASET = re.compile(r"accounts/[A-Za-z0-9_-]{1,63}/datasets/[A-Za-z0-9_.-]{1,128}")
 MAX_QUARANTINED: Final = 1_000
 #: Job snapshots remembered (for their metrics URL and curves).
 MAX_REMEMBERED: Final = 10_000
@@ -611,8 +614,43 @@ class FireworksSource:
         return []
 
     def file_content(self, file_id: str) -> bytes:
-        """Jobs name no result files here (their metrics come as events)."""
-        raise JobNotFound(f"file {file_id}: Fireworks jobs have no result files")
+        """A dataset's content (``accounts/<a>/datasets/<id>``, the training or evaluation
+        dataset a job names), read through the signed URLs of its download endpoint, its
+        files joined in name order (each at most :data:`MAX_METRICS_BYTES`, cut at a line's
+        end). Jobs name no result files here (their metrics come as events)."""
+        what = f"dataset {file_id}"
+        if not _DATASET.fullmatch(file_id):
+            raise JobNotFound(f"{what}: not a Fireworks dataset (accounts/<a>/datasets/<id>)")
+        body = self._get(f"/v1/{file_id}:getDownloadEndpoint", what, job=True)
+        urls = body.get("filenameToSignedUrls")
+        if not isinstance(urls, dict) or not urls:
+            raise JobNotFound(f"{what}: the download endpoint names no files")
+        parts = []
+        for name in sorted(urls):
+            if isinstance(urls[name], str):
+                try:
+                    parts.append(self._download(urls[name], what).rstrip(b"\n"))
+                except _Expired:
+                    raise SourceUnavailable(f"{what}: the signed URL was refused") from None
+        return b"\n".join(part for part in parts if part)
+
+    def chat(self, model: str, messages: list[dict[str, Any]], max_tokens: int) -> Answer:
+        """One chat completion (``POST /inference/v1/chat/completions``, OpenAI's shape) with
+        the source's key, for the samples of :mod:`bridge.evals`; no retries. A fine-tuned
+        model answers only once deployed (else Fireworks refuses it, and the samples stop
+        with that reason)."""
+        what = f"chat with {model}"
+        started = time.monotonic()
+        body = samples.chat_request(model, messages, max_tokens)
+        try:
+            response = self._api.post("/inference/v1/chat/completions", json=body)
+        except httpx.TimeoutException:
+            raise SourceUnavailable(f"{what}: timed out") from None
+        except httpx.HTTPError as error:
+            raise SourceUnavailable(f"{what}: could not connect ({type(error).__name__})") from None
+        if response.status_code != 200:
+            raise translate(response, what, job=True)
+        return samples.answer_of(_json_object(response, what), time.monotonic() - started)
 
     # Metrics
     def event_pages(self, job_id: str) -> Iterator[list[Json]]:

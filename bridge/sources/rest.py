@@ -120,8 +120,20 @@ class JsonApi:
         """The JSON object at ``path``; a 404 raises ``missing``."""
         return _json_object(self._send("GET", path, what, params, missing), what)
 
-    def post(self, path: str, what: str, *, missing: type[BridgeError] = JobNotFound) -> Json:
-        return _json_object(self._send("POST", path, what, None, missing), what)
+    def post(
+        self,
+        path: str,
+        what: str,
+        *,
+        missing: type[BridgeError] = JobNotFound,
+        body: Json | None = None,
+        retries: int | None = None,
+    ) -> Json:
+        """POST ``body`` as JSON; ``retries`` instead of the client's (0: a chat call, whose
+        failure ends the samples)."""
+        return _json_object(
+            self._send("POST", path, what, None, missing, body=body, retries=retries), what
+        )
 
     def content(self, path: str, what: str) -> bytes:
         """The bytes at ``path`` (a file's content)."""
@@ -134,13 +146,17 @@ class JsonApi:
         what: str,
         params: dict[str, Any] | None,
         missing: type[BridgeError],
+        *,
+        body: Json | None = None,
+        retries: int | None = None,
     ) -> httpx.Response:
         attempt = 0
+        limit = self.max_retries if retries is None else retries
         while True:
-            error, wait = self._try(method, path, what, params, missing)
+            error, wait = self._try(method, path, what, (params, body), missing)
             if isinstance(error, httpx.Response):
                 return error
-            if wait is None or attempt >= self.max_retries:
+            if wait is None or attempt >= limit:
                 raise error
             attempt += 1
             self._pause(wait if wait >= 0 else FIRST_RETRY_WAIT * 2 ** (attempt - 1), what)
@@ -150,13 +166,14 @@ class JsonApi:
         method: str,
         path: str,
         what: str,
-        params: dict[str, Any] | None,
+        query: tuple[dict[str, Any] | None, Json | None],
         missing: type[BridgeError],
     ) -> tuple[httpx.Response | BridgeError, float | None]:
         """The answer, or the error with how long to wait before trying again (-1: the
-        default pause; None: not again)."""
+        default pause; None: not again). ``query``: the URL's parameters and a JSON body."""
+        params, body = query
         try:
-            response = self._client.request(method, path, params=params)
+            response = self._client.request(method, path, params=params, json=body)
         except httpx.TimeoutException:
             return SourceUnavailable(f"{what}: timed out"), -1
         except httpx.HTTPError as error:

@@ -37,6 +37,7 @@ from __future__ import annotations
 import hashlib
 import math
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -46,6 +47,8 @@ import structlog
 
 from bridge import limits
 from bridge.errors import BridgeError, EndlessPaging, JobNotFound, SourceUnavailable
+from bridge.evals import samples
+from bridge.evals.samples import Answer
 from bridge.paging import DEFAULT_MAX_PAGES, PageWalk
 from bridge.sources.model import Job, JobError, bridge_status
 from bridge.sources.paging import single_page
@@ -549,3 +552,11 @@ class TogetherSource:
 
     def file_content(self, file_id: str) -> bytes:
         return self._api.content(f"/v1/files/{file_id}/content", f"file {file_id}")
+
+    def chat(self, model: str, messages: list[dict[str, Any]], max_tokens: int) -> Answer:
+        """One chat completion (``POST /v1/chat/completions``, OpenAI's shape) with the
+        source's key, for the samples of :mod:`bridge.evals`; no retries."""
+        started = time.monotonic()
+        body = samples.chat_request(model, messages, max_tokens)
+        done = self._api.post("/v1/chat/completions", f"chat with {model}", body=body, retries=0)
+        return samples.answer_of(done, time.monotonic() - started)
