@@ -201,12 +201,10 @@ def _configure(settings: Settings) -> None:
 
 
 def _build_when_reachable(
-    settings: Settings, *, job_budget: float | None = None
+    settings: Settings, stop: threading.Event, *, job_budget: float | None = None
 ) -> Bridge | BridgeGroup | None:
     """Build the bridge, waiting while the database does not answer (a server restarting,
     a network blip) instead of exiting into a crash loop; None if told to stop meanwhile."""
-    stop = threading.Event()
-    install_signal_handlers(stop)
     delay = 1.0
     while True:
         try:
@@ -222,7 +220,11 @@ def _build_when_reachable(
 
 
 def _run(settings: Settings) -> int:
-    bridge = _build_when_reachable(settings, job_budget=settings.job_time_budget)
+    # One stop for the whole start-up and the daemon: a SIGTERM or Ctrl-C while the bridge
+    # is being built stops the daemon as soon as it is up.
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    bridge = _build_when_reachable(settings, stop, job_budget=settings.job_time_budget)
     if bridge is None:
         return 0
     from bridge.app import observe  # noqa: PLC0415 - heavy: only when needed
@@ -238,6 +240,7 @@ def _run(settings: Settings) -> int:
             backoff_max=settings.backoff_max,
             shutdown_timeout=settings.shutdown_timeout,
             metrics=metrics,
+            stop=stop,
             left_running=cycle_left,
         )
     finally:

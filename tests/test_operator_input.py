@@ -188,6 +188,29 @@ def test_ctrl_c_while_starting_is_quiet(bridge_process: MakeBridge, after: float
     assert "Traceback" not in out + err
 
 
+def test_a_signal_while_the_bridge_is_built_stops_the_daemon_once_up(
+    bridge_process: MakeBridge,
+) -> None:
+    """SIGTERM after the settings are read but before the daemon polls (the bridge is being
+    built, W&B set up): the daemon starts, sees it was told to stop, and exits 0."""
+    bridge = bridge_process(UNREACHABLE, FTBRIDGE_LOG_FORMAT="json")
+    bridge.env.pop("WANDB_MODE", None)  # offline for want of a key: said while building
+    bridge.env.pop("WANDB_API_KEY", None)
+    proc = _entry(bridge, "run")
+    assert proc.stderr is not None
+    seen: list[str] = []
+    for line in proc.stderr:  # said by build_bridge, before the daemon is up
+        seen.append(line)
+        if '"wandb.offline"' in line or len(seen) > 50:
+            break
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    logged = "".join(seen) + err
+    assert proc.returncode == 0, logged[-2000:]
+    assert '"shutdown.requested"' in logged and '"shutdown.done"' in logged
+    assert "Traceback" not in out + logged
+
+
 def test_ctrl_c_during_sync_all_exits_130_quietly(bridge_process: MakeBridge) -> None:
     api = HostileAPI(slow_seconds=20)
     api.start()
