@@ -26,6 +26,7 @@ from wandb.sdk.wandb_alerts import AlertLevel
 from bridge.errors import SinkUnavailable
 from bridge.mapping import ArtifactSpec, RunSpec
 from bridge.ports import Json, OpenedRun, PlacedRow
+from bridge.wandb_history import log_rows
 from bridge.wandbfile import (
     WandbFileError,
     cut_to_whole_records,
@@ -209,16 +210,11 @@ class WandbSink:
         metric that charts use as x-axis, so a row filled in after later ones (at a later W&B
         step) plots where it belongs."""
         run = self._run(run_id)
-        for placed in rows:
-            try:
-                run.log(
-                    {**placed.row.values, STEP_KEY: placed.row.step}, step=placed.at, commit=True
-                )
-            except Exception as error:  # noqa: BLE001
-                self._give_up(run_id)
-                raise SinkUnavailable(
-                    f"W&B did not take a row of {run_id}: {_reason(error)}"
-                ) from None
+        try:
+            log_rows(run, [(p.at, {**p.row.values, STEP_KEY: p.row.step}) for p in rows])
+        except Exception as error:  # noqa: BLE001
+            self._give_up(run_id)
+            raise SinkUnavailable(f"W&B did not take a row of {run_id}: {_reason(error)}") from None
 
     def _give_up(self, run_id: str) -> None:
         """Forget a segment that failed mid-way: it is repaired like a crash."""
