@@ -169,7 +169,7 @@ class Outputs:
         except results.ResultFileError as error:
             log.warning("results.unreadable", job_id=job_id, file_id=file_id, error=str(error))
             return
-        seen = {e.step for e in self.store.events(job_id) if e.step is not None}
+        seen = self.store.event_steps(job_id)
         missed = results.missed(rows, seen)
         if missed:
             self.store.add_events(job_id, [result_row_event(file_id, row) for row in missed])

@@ -220,6 +220,10 @@ class StateStore(Protocol):
 
     def events(self, job_id: str) -> list[StoredEvent]: ...
 
+    def event_steps(self, job_id: str) -> set[int]:
+        """The training steps of the job's stored events (none of their payloads read)."""
+        ...
+
     def jobs_with_open_runs(self) -> list[JobState]: ...
 
     def quarantine(self, source: str, job_id: str, reason: str) -> None:

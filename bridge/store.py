@@ -343,6 +343,14 @@ class SqlStore:
             for r in rows
         ]
 
+    def event_steps(self, job_id: str) -> set[int]:
+        e = schema.events
+        with self._tx() as conn:
+            rows = conn.execute(
+                sa.select(e.c.step).where(e.c.job_id == job_id, e.c.step.is_not(None)).distinct()
+            ).all()
+        return {int(r.step) for r in rows}
+
     def last_wandb_step(self, job_id: str) -> int:
         e = schema.events
         legacy = sa.and_(e.c.wandb_step.is_(None), e.c.state.in_(("sent", "durable")))
