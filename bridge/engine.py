@@ -384,15 +384,22 @@ class Bridge:
             return unsynced
         share = self.leases.fair_share(len(unsynced))
         held = self.leases.held("job:")
+        ordered = sorted(unsynced, key=lambda s: f"job:{s.job_id}" not in held)
         mine: list[JobState] = []
-        for state in sorted(unsynced, key=lambda s: f"job:{s.job_id}" not in held):
-            resource = f"job:{state.job_id}"
-            if len(mine) < share:
-                if self.leases.acquire(resource):
+        tried = 0
+        while len(mine) < share and tried < len(ordered):
+            # The leases still wanted, taken in one transaction; more if some were refused.
+            batch = ordered[tried : tried + share - len(mine)]
+            tried += len(batch)
+            taken = self.leases.acquire_many([f"job:{state.job_id}" for state in batch])
+            for state in batch:
+                resource = f"job:{state.job_id}"
+                if resource in taken:
                     mine.append(state)
                 elif resource in held:
                     self._lost(state.job_id)
-            elif resource in held:
+        for state in ordered[tried:]:
+            if f"job:{state.job_id}" in held:
                 self.hand_back(state.job_id)
         for run_id in self.sink.open_runs():
             if not self.leases.holds(f"job:{run_id}"):
