@@ -536,12 +536,18 @@ class Bridge:
             self.store.set_run(state.job_id, "open", config=spec.config)
 
     def _log_pending(self, job_id: str, stats: CycleStats) -> list[StoredEvent]:
-        pending = self.store.pending_events(job_id)
-        placed, placements = place_rows(pending, self.store.last_wandb_step(job_id))
-        if not placements:
+        placed: list[PlacedRow] = []
+
+        def place(pending: list[StoredEvent], last_step: int) -> dict[str, int]:
+            rows, placements = place_rows(pending, last_step)
+            placed.extend(rows)
+            return placements
+
+        # The steps are written (committed) before the rows go: a crash in between sends
+        # them again at these steps.
+        pending = self.store.send_pending(job_id, place)
+        if not pending:
             return []
-        # Written before the rows go: a crash in between sends them again at these steps.
-        self.store.mark_sent(job_id, placements)
         if placed:
             self.sink.log(job_id, placed)
         stats.rows_logged += len(placed)

@@ -6,7 +6,7 @@ and an in-memory one (``memory``) that tests and the engine's unit tests use.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -186,6 +186,15 @@ class StateStore(Protocol):
     def mark_sent(self, job_id: str, placed: Mapping[str, int]) -> None:
         """Events (by id) handed to W&B at these W&B steps; written before the rows are
         logged, so that a crash in between sends them again at the same steps."""
+        ...
+
+    def send_pending(
+        self, job_id: str, place: Callable[[list[StoredEvent], int], Mapping[str, int]]
+    ) -> list[StoredEvent]:
+        """:meth:`pending_events`, :meth:`last_wandb_step` and :meth:`mark_sent` in one
+        transaction: ``place`` gets the pending events and the last W&B step and returns
+        each event's W&B step, which is committed before this returns (and so before the
+        rows are logged). Returns the pending events."""
         ...
 
     def mark_durable(self, job_id: str) -> None:
