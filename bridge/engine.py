@@ -35,7 +35,7 @@ from bridge.evals.sampler import Sampler
 from bridge.leases import Leases
 from bridge.links import Links
 from bridge.mapping import WandbDefaults
-from bridge.outputs import Outputs, epoch_ended
+from bridge.outputs import Outputs, epoch_ended, epoch_ends_in
 from bridge.ports import (
     JobSource,
     JobState,
@@ -440,17 +440,20 @@ class Bridge:
     def _fetch(self, state: JobState) -> tuple[int, JobState]:
         """The API side of a job's sync (run in a worker thread): its new events, its snapshot
         again when they hint at a status change, and what a finished job's outputs need."""
-        new = self.fetch_events(state.job_id)
+        fresh = self._new_events(state.job_id)
+        new = self.store.add_events(state.job_id, fresh)
         fetched = self._fetched_at.get(state.job_id, float("-inf"))
         hinted = state.job_id in self._hinted
         self._hinted.discard(state.job_id)
         if hinted and fetched < self._cycle_started:
             self.refresh(state.job_id)
             state = self.store.get_job(state.job_id) or state
-        if mapping.is_terminal(state.status) and mapping.should_write_run(
-            state.job, self.native_mode
-        ):
+        if not mapping.should_write_run(state.job, self.native_mode):
+            return new, state
+        if mapping.is_terminal(state.status):
             self.outputs.prefetch(state)
+        elif new and epoch_ends_in(fresh, state.job):
+            self.outputs.prefetch_checkpoints(state.job_id)
         return new, state
 
     def sync_job(self, state: JobState, stats: CycleStats) -> None:
@@ -499,6 +502,10 @@ class Bridge:
 
     def fetch_events(self, job_id: str) -> int:
         """Read events newest first until one already stored; store the new ones oldest first."""
+        return self.store.add_events(job_id, self._new_events(job_id))
+
+    def _new_events(self, job_id: str) -> list[Json]:
+        """The events not stored yet, oldest first."""
         fresh: list[Json] = []
         for page in self.source.event_pages(job_id):
             known = self.store.known_event_ids(job_id, [str(e["id"]) for e in page])
@@ -509,7 +516,7 @@ class Bridge:
         fresh.reverse()
         if any(event.get("type") != "metrics" for event in fresh):
             self._hinted.add(job_id)  # messages come with status changes
-        return self.store.add_events(job_id, fresh)
+        return fresh
 
     def _ensure_open(self, state: JobState) -> None:
         spec = self._spec(state.job)
