@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -110,6 +111,12 @@ class EmulatorProcess:
             self.proc.terminate()
             self.proc.wait(timeout=10)
 
+    @property
+    def pid(self) -> int:
+        if self.proc is None:
+            raise RuntimeError("the emulator is not started")
+        return self.proc.pid
+
     def control(self, what: str, body: Result) -> Result:
         """``POST /_emulator/<what>`` (faults, jobs, advance): steer the emulator."""
         request = urllib.request.Request(  # noqa: S310 - our own server
@@ -171,13 +178,20 @@ def clean_env(workdir: Path) -> dict[str, str]:
 # -- measuring -------------------------------------------------------------------------------
 
 
-def tree_rss(pid: int) -> int:
-    """Resident memory of a process and all its descendants, in bytes (0 once it is gone)."""
+def tree_rss(pid: int, exclude: Sequence[int] = ()) -> int:
+    """Resident memory of a process and all its descendants, in bytes (0 once it is gone);
+    ``exclude``: processes left out with their own descendants (the emulator, which the
+    benchmark starts beside the bridge)."""
     try:
         root = psutil.Process(pid)
         procs = [root, *root.children(recursive=True)]
+        left_out = set(exclude)
+        for other in exclude:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                left_out.update(child.pid for child in psutil.Process(other).children(True))
     except psutil.NoSuchProcess:
         return 0
+    procs = [proc for proc in procs if proc.pid not in left_out]
     total = 0
     for proc in procs:
         try:

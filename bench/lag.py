@@ -100,7 +100,7 @@ def run_lag(
     """Lag of rows from running jobs (a step every ``step_seconds``), polled every ``poll``
     seconds with ``latency`` seconds per API request; target p95 < ``poll + slack``. Also
     counts API requests per cycle and samples the RSS of this process and its children
-    (the wandb-core it starts)."""
+    (the wandb-core it starts), the emulator's process left out."""
     say(
         f"\n== 2. Live lag: {n_jobs} running jobs, a step every {step_seconds:g} s, poll "
         f"every {poll:g} s, {latency * 1000:g} ms per API request, {seconds:g} s measured =="
@@ -132,7 +132,8 @@ def run_lag(
         if not isinstance(bridge, Bridge):
             raise TypeError("the lag benchmark expects one source (one Bridge)")
         observer = Observer(bridge, emu)
-        sampler = RssSampler(os.getpid())
+        # The bridge's footprint: this process and its wandb-core, not the emulator.
+        sampler = RssSampler(os.getpid(), exclude=[emu.pid])
         sampler.start()
 
         def done() -> bool:
@@ -188,8 +189,9 @@ def _requests_per_cycle(observer: Observer) -> Result:
 class RssSampler:
     """The RSS of a process tree, sampled every second in a thread."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, exclude: Sequence[int] = ()) -> None:
         self.pid = pid
+        self.exclude = list(exclude)
         self.samples: list[tuple[float, float]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="bench-rss", daemon=True)
@@ -204,7 +206,9 @@ class RssSampler:
 
     def _run(self) -> None:
         while not self._stop.wait(1.0):
-            self.samples.append((time.monotonic() - self._started, tree_rss(self.pid) / 2**20))
+            self.samples.append(
+                (time.monotonic() - self._started, tree_rss(self.pid, self.exclude) / 2**20)
+            )
 
     @property
     def peak_mb(self) -> float:

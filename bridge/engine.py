@@ -35,7 +35,7 @@ from bridge.evals.sampler import Sampler
 from bridge.leases import Leases
 from bridge.links import Links
 from bridge.mapping import WandbDefaults
-from bridge.outputs import Outputs, epoch_ended
+from bridge.outputs import Outputs, epoch_ended, epoch_ends_in
 from bridge.ports import (
     JobSource,
     JobState,
@@ -387,15 +387,22 @@ class Bridge:
             return unsynced
         share = self.leases.fair_share(len(unsynced))
         held = self.leases.held("job:")
+        ordered = sorted(unsynced, key=lambda s: f"job:{s.job_id}" not in held)
         mine: list[JobState] = []
-        for state in sorted(unsynced, key=lambda s: f"job:{s.job_id}" not in held):
-            resource = f"job:{state.job_id}"
-            if len(mine) < share:
-                if self.leases.acquire(resource):
+        tried = 0
+        while len(mine) < share and tried < len(ordered):
+            # The leases still wanted, taken in one transaction; more if some were refused.
+            batch = ordered[tried : tried + share - len(mine)]
+            tried += len(batch)
+            taken = self.leases.acquire_many([f"job:{state.job_id}" for state in batch])
+            for state in batch:
+                resource = f"job:{state.job_id}"
+                if resource in taken:
                     mine.append(state)
                 elif resource in held:
                     self._lost(state.job_id)
-            elif resource in held:
+        for state in ordered[tried:]:
+            if f"job:{state.job_id}" in held:
                 self.hand_back(state.job_id)
         for run_id in self.sink.open_runs():
             if not self.leases.holds(f"job:{run_id}"):
@@ -436,17 +443,20 @@ class Bridge:
     def _fetch(self, state: JobState) -> tuple[int, JobState]:
         """The API side of a job's sync (run in a worker thread): its new events, its snapshot
         again when they hint at a status change, and what a finished job's outputs need."""
-        new = self.fetch_events(state.job_id)
+        fresh = self._new_events(state.job_id)
+        new = self.store.add_events(state.job_id, fresh)
         fetched = self._fetched_at.get(state.job_id, float("-inf"))
         hinted = state.job_id in self._hinted
         self._hinted.discard(state.job_id)
         if hinted and fetched < self._cycle_started:
             self.refresh(state.job_id)
             state = self.store.get_job(state.job_id) or state
-        if mapping.is_terminal(state.status) and mapping.should_write_run(
-            state.job, self.native_mode
-        ):
+        if not mapping.should_write_run(state.job, self.native_mode):
+            return new, state
+        if mapping.is_terminal(state.status):
             self.outputs.prefetch(state)
+        elif new and epoch_ends_in(fresh, state.job):
+            self.outputs.prefetch_checkpoints(state.job_id)
         return new, state
 
     def sync_job(self, state: JobState, stats: CycleStats) -> None:
@@ -495,6 +505,10 @@ class Bridge:
 
     def fetch_events(self, job_id: str) -> int:
         """Read events newest first until one already stored; store the new ones oldest first."""
+        return self.store.add_events(job_id, self._new_events(job_id))
+
+    def _new_events(self, job_id: str) -> list[Json]:
+        """The events not stored yet, oldest first."""
         fresh: list[Json] = []
         for page in self.source.event_pages(job_id):
             known = self.store.known_event_ids(job_id, [str(e["id"]) for e in page])
@@ -505,7 +519,7 @@ class Bridge:
         fresh.reverse()
         if any(event.get("type") != "metrics" for event in fresh):
             self._hinted.add(job_id)  # messages come with status changes
-        return self.store.add_events(job_id, fresh)
+        return fresh
 
     def _ensure_open(self, state: JobState) -> None:
         spec = self._spec(state.job)
@@ -532,12 +546,18 @@ class Bridge:
             self.store.set_run(state.job_id, "open", config=spec.config)
 
     def _log_pending(self, job_id: str, stats: CycleStats) -> list[StoredEvent]:
-        pending = self.store.pending_events(job_id)
-        placed, placements = place_rows(pending, self.store.last_wandb_step(job_id))
-        if not placements:
+        placed: list[PlacedRow] = []
+
+        def place(pending: list[StoredEvent], last_step: int) -> dict[str, int]:
+            rows, placements = place_rows(pending, last_step)
+            placed.extend(rows)
+            return placements
+
+        # The steps are written (committed) before the rows go: a crash in between sends
+        # them again at these steps.
+        pending = self.store.send_pending(job_id, place)
+        if not pending:
             return []
-        # Written before the rows go: a crash in between sends them again at these steps.
-        self.store.mark_sent(job_id, placements)
         if placed:
             self.sink.log(job_id, placed)
         stats.rows_logged += len(placed)

@@ -16,7 +16,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
 import sqlalchemy as sa
@@ -28,6 +28,8 @@ from bridge import schema
 from bridge.store import store_error
 
 log = structlog.get_logger(__name__)
+#: Resources per statement when many are taken at once.
+_CHUNK = 500
 
 
 def replica_id() -> str:
@@ -88,6 +90,45 @@ class Leases:
                 taken = _insert_if_absent(conn, values) == 1
         with self._lock:
             (self._held.add if taken else self._held.discard)(resource)
+        return taken
+
+    def acquire_many(self, resources: Sequence[str]) -> set[str]:
+        """:meth:`acquire` for many resources in one transaction (a statement per chunk of
+        them, not per resource); returns those taken or renewed."""
+        names = list(dict.fromkeys(resources))
+        now = self.clock()
+        leases = schema.leases
+        taken: set[str] = set()
+        values = {"owner": self.owner, "expires_at": now + self.ttl}
+        with self._tx() as conn:
+            for start in range(0, len(names), _CHUNK):
+                chunk = names[start : start + _CHUNK]
+                conn.execute(
+                    leases.update()
+                    .where(
+                        leases.c.resource.in_(chunk),
+                        sa.or_(leases.c.owner == self.owner, leases.c.expires_at < now),
+                    )
+                    .values(**values)
+                )
+                owners = {
+                    row.resource: row.owner
+                    for row in conn.execute(
+                        sa.select(leases.c.resource, leases.c.owner).where(
+                            leases.c.resource.in_(chunk)
+                        )
+                    )
+                }
+                for name in chunk:
+                    if name in owners:
+                        mine = owners[name] == self.owner
+                    else:
+                        mine = _insert_if_absent(conn, {"resource": name, **values}) == 1
+                    if mine:
+                        taken.add(name)
+        with self._lock:
+            self._held.difference_update(names)
+            self._held.update(taken)
         return taken
 
     def holds(self, resource: str) -> bool:

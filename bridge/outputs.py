@@ -36,19 +36,25 @@ def result_row_event(file_id: str, row: mapping.MetricRow) -> Json:
 
 def epoch_ended(events: Sequence[StoredEvent], job: Mapping[str, Any]) -> bool:
     """Whether these new metrics reach the end of an epoch, when a checkpoint is made."""
+    return epoch_ends_in([event.event for event in events], job)
+
+
+def epoch_ends_in(events: Sequence[Json], job: Mapping[str, Any]) -> bool:
+    """:func:`epoch_ended` on events as the API gave them (not stored yet)."""
     for event in events:
-        data = event.event.get("data")
+        data = event.get("data")
         if isinstance(data, Mapping) and "full_valid_loss" in data:
             return True
-        total = mapping.total_steps(event.event)
+        total = mapping.total_steps(event)
         hyper = job.get("hyperparameters")
         epochs = hyper.get("n_epochs") if isinstance(hyper, Mapping) else None
+        step = mapping.step_of(event)
         if (
             total
             and isinstance(epochs, int)
             and epochs > 0
-            and event.step
-            and event.step % max(1, total // epochs) == 0
+            and step
+            and step % max(1, total // epochs) == 0
         ):
             return True
     return False
@@ -63,6 +69,16 @@ class Outputs:
         self._files: dict[str, bytes] = {}
         self._checkpoints: dict[str, list[Json]] = {}
         self._lock = threading.Lock()
+
+    def prefetch_checkpoints(self, job_id: str) -> None:
+        """Read a job's checkpoints ahead of writing them (a running job at an epoch's end:
+        in a reading thread, not on the thread that writes every job's rows)."""
+        try:
+            listed = self.source.checkpoints(job_id)
+        except (JobNotFound, SourceRejected):
+            return  # the writer asks again, and says why
+        with self._lock:
+            self._checkpoints[job_id] = listed
 
     def prefetch(self, state: JobState) -> None:
         """Read a finished job's checkpoints and result files ahead of writing its run."""
@@ -203,7 +219,7 @@ class Outputs:
         except results.ResultFileError as error:
             log.warning("results.unreadable", job_id=job_id, file_id=file_id, error=str(error))
             return
-        seen = {e.step for e in self.store.events(job_id) if e.step is not None}
+        seen = self.store.event_steps(job_id)
         missed = results.missed(rows, seen)
         if missed:
             self.store.add_events(job_id, [result_row_event(file_id, row) for row in missed])

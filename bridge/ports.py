@@ -6,7 +6,7 @@ and an in-memory one (``memory``) that tests and the engine's unit tests use.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -188,6 +188,15 @@ class StateStore(Protocol):
         logged, so that a crash in between sends them again at the same steps."""
         ...
 
+    def send_pending(
+        self, job_id: str, place: Callable[[list[StoredEvent], int], Mapping[str, int]]
+    ) -> list[StoredEvent]:
+        """:meth:`pending_events`, :meth:`last_wandb_step` and :meth:`mark_sent` in one
+        transaction: ``place`` gets the pending events and the last W&B step and returns
+        each event's W&B step, which is committed before this returns (and so before the
+        rows are logged). Returns the pending events."""
+        ...
+
     def mark_durable(self, job_id: str) -> None:
         """Everything sent so far is on disk (the run segment was finished)."""
         ...
@@ -231,6 +240,10 @@ class StateStore(Protocol):
         ...
 
     def events(self, job_id: str) -> list[StoredEvent]: ...
+
+    def event_steps(self, job_id: str) -> set[int]:
+        """The training steps of the job's stored events (none of their payloads read)."""
+        ...
 
     def jobs_with_open_runs(self) -> list[JobState]: ...
 

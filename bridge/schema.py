@@ -51,6 +51,7 @@ events = Table(
     Column("payload", Text, nullable=False),
 )
 Index("ix_events_job_state_seq", events.c.job_id, events.c.state, events.c.seq)
+Index("ix_events_job_wandb_step", events.c.job_id, events.c.wandb_step)
 
 # Artifacts (checkpoints, the model, the result file) given to W&B, and in which segment.
 artifacts = Table(

@@ -26,6 +26,7 @@ from wandb.sdk.wandb_alerts import AlertLevel
 from bridge.errors import SinkUnavailable
 from bridge.mapping import ArtifactSpec, RunSpec
 from bridge.ports import Json, OpenedRun, PlacedRow
+from bridge.wandb_history import log_rows
 from bridge.wandbfile import (
     WandbFileError,
     cut_to_whole_records,
@@ -80,6 +81,8 @@ class WandbSink:
     def __init__(self, options: WandbOptions) -> None:
         self._options = options
         self._runs: dict[str, Any] = {}
+        # The summary last given to each open run: an unchanged one is not sent again.
+        self._summaries: dict[str, Json] = {}
         self._blocked: set[str] = set()
         self._failed_at: float | None = None
         options.directory.mkdir(parents=True, exist_ok=True)
@@ -209,19 +212,15 @@ class WandbSink:
         metric that charts use as x-axis, so a row filled in after later ones (at a later W&B
         step) plots where it belongs."""
         run = self._run(run_id)
-        for placed in rows:
-            try:
-                run.log(
-                    {**placed.row.values, STEP_KEY: placed.row.step}, step=placed.at, commit=True
-                )
-            except Exception as error:  # noqa: BLE001
-                self._give_up(run_id)
-                raise SinkUnavailable(
-                    f"W&B did not take a row of {run_id}: {_reason(error)}"
-                ) from None
+        try:
+            log_rows(run, [(p.at, {**p.row.values, STEP_KEY: p.row.step}) for p in rows])
+        except Exception as error:  # noqa: BLE001
+            self._give_up(run_id)
+            raise SinkUnavailable(f"W&B did not take a row of {run_id}: {_reason(error)}") from None
 
     def _give_up(self, run_id: str) -> None:
         """Forget a segment that failed mid-way: it is repaired like a crash."""
+        self._summaries.pop(run_id, None)
         run = self._runs.pop(run_id, None)
         if run is not None:
             try:
@@ -272,14 +271,19 @@ class WandbSink:
     def update_summary(self, run_id: str, summary: Json) -> None:
         run = self._run(run_id)
         clean = {k: v for k, v in summary.items() if v is not None and not _bad_float(v)}
+        if self._summaries.get(run_id) == clean:
+            return  # this segment has it already
         try:
             run.summary.update(clean)
         except Exception as error:  # noqa: BLE001
+            self._summaries.pop(run_id, None)
             raise SinkUnavailable(
                 f"W&B did not take the summary of {run_id}: {_reason(error)}"
             ) from None
+        self._summaries[run_id] = clean
 
     def finish(self, run_id: str, exit_code: int, *, preempted: bool = False) -> None:
+        self._summaries.pop(run_id, None)
         run = self._runs.pop(run_id, None)
         if run is None:
             return

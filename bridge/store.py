@@ -44,10 +44,12 @@ def create_db_engine(url: str) -> Engine:
         return sa.create_engine(
             url, poolclass=sa.pool.StaticPool, connect_args={"check_same_thread": False}
         )
-    engine = sa.create_engine(url, pool_pre_ping=True)
-    if engine.dialect.name == "sqlite":
+    if sa.make_url(url).get_backend_name() == "sqlite":
+        # A file has no connection to lose: no ping before every transaction.
+        engine = sa.create_engine(url)
         sa.event.listen(engine, "connect", _sqlite_pragmas)
-    return engine
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True)
 
 
 def _dumps(value: Any) -> str:
@@ -69,6 +71,8 @@ def _job_state(row: sa.Row[Any]) -> JobState:
 
 
 ChangeHook = Callable[[Connection, StatusChange], object]
+#: Given a job's pending events and its last W&B step: the W&B step of each (by event id).
+Placer = Callable[[list[StoredEvent], int], Mapping[str, int]]
 
 
 class SqlStore:
@@ -325,11 +329,15 @@ class SqlStore:
         return self._events(job_id, None)
 
     def _events(self, job_id: str, state: EventState | None) -> list[StoredEvent]:
+        with self._tx() as conn:
+            return self._events_in(conn, job_id, state)
+
+    @staticmethod
+    def _events_in(conn: Connection, job_id: str, state: EventState | None) -> list[StoredEvent]:
         query = sa.select(schema.events).where(schema.events.c.job_id == job_id)
         if state is not None:
             query = query.where(schema.events.c.state == state)
-        with self._tx() as conn:
-            rows = conn.execute(query.order_by(schema.events.c.seq)).all()
+        rows = conn.execute(query.order_by(schema.events.c.seq)).all()
         return [
             StoredEvent(
                 job_id=r.job_id,
@@ -343,19 +351,47 @@ class SqlStore:
             for r in rows
         ]
 
-    def last_wandb_step(self, job_id: str) -> int:
+    def event_steps(self, job_id: str) -> set[int]:
         e = schema.events
-        legacy = sa.and_(e.c.wandb_step.is_(None), e.c.state.in_(("sent", "durable")))
         with self._tx() as conn:
-            placed, old = conn.execute(
-                sa.select(
-                    sa.func.max(e.c.wandb_step),
-                    sa.func.max(sa.case((legacy, e.c.step), else_=None)),
-                ).where(e.c.job_id == job_id)
-            ).one()
-        return max([-1, *(int(v) for v in (placed, old) if v is not None)])
+            rows = conn.execute(
+                sa.select(e.c.step).where(e.c.job_id == job_id, e.c.step.is_not(None)).distinct()
+            ).all()
+        return {int(r.step) for r in rows}
+
+    def last_wandb_step(self, job_id: str) -> int:
+        with self._tx() as conn:
+            return self._last_wandb_step(conn, job_id)
+
+    @staticmethod
+    def _last_wandb_step(conn: Connection, job_id: str) -> int:
+        e = schema.events
+        # Two lookups on the (job_id, wandb_step) index: its highest W&B step, and among
+        # rows without one (stored before W&B steps were recorded) the highest training
+        # step of those already handed to W&B.
+        placed = (
+            sa.select(sa.func.max(e.c.wandb_step)).where(e.c.job_id == job_id).scalar_subquery()
+        )
+        old = (
+            sa.select(sa.func.max(e.c.step))
+            .where(
+                e.c.job_id == job_id,
+                e.c.wandb_step.is_(None),
+                e.c.state.in_(("sent", "durable")),
+            )
+            .scalar_subquery()
+        )
+        found = conn.execute(sa.select(placed, old)).one()
+        return max([-1, *(int(v) for v in found if v is not None)])
 
     def mark_sent(self, job_id: str, placed: Mapping[str, int]) -> None:
+        if not placed:
+            return
+        with self._tx() as conn:
+            self._mark_sent(conn, job_id, placed)
+
+    @staticmethod
+    def _mark_sent(conn: Connection, job_id: str, placed: Mapping[str, int]) -> None:
         if not placed:
             return
         e = schema.events
@@ -365,8 +401,14 @@ class SqlStore:
             .values(state="sent", wandb_step=sa.bindparam("b_at"))
         )
         rows = [{"b_job": job_id, "b_event": k, "b_at": at} for k, at in placed.items()]
+        conn.execute(update, rows)
+
+    def send_pending(self, job_id: str, place: Placer) -> list[StoredEvent]:
         with self._tx() as conn:
-            conn.execute(update, rows)
+            pending = self._events_in(conn, job_id, "new")
+            if pending:
+                self._mark_sent(conn, job_id, place(pending, self._last_wandb_step(conn, job_id)))
+        return pending
 
     def mark_durable(self, job_id: str) -> None:
         with self._tx() as conn:
