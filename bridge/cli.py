@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from bridge import __version__, health, migrate, webhook_commands
-from bridge.daemon import install_signal_handlers, run_daemon
+from bridge.daemon import install_signal_handlers, run_daemon, say_stop_requested
 from bridge.engine import Bridge, CycleStats
 from bridge.errors import BridgeError, ConfigError, Interrupted, JobNotFound, StoreUnavailable
 from bridge.group import BridgeGroup
@@ -215,6 +215,7 @@ def _build_when_reachable(
             if delay == 1.0:
                 log.warning("store.unreachable", error=str(error), detail="waiting for it")
             if stop.wait(delay):
+                say_stop_requested()
                 return None
             delay = min(delay * 2, 30.0)
 
@@ -321,6 +322,7 @@ def _sync(settings: Settings, args: argparse.Namespace) -> int:
             bridge.dispatcher.stop(timeout=settings.webhook_timeout)
         bridge.store.close()
     if bridge.stopping.is_set():
+        say_stop_requested()
         log.warning("sync.interrupted", jobs=stats.jobs_seen, rows_logged=stats.rows_logged)
         return _leave(INTERRUPTED)
     log.info("sync.done", jobs=stats.jobs_seen, rows_logged=stats.rows_logged)

@@ -101,13 +101,25 @@ class Poller:
         )
 
 
+_received: list[str] = []
+"""Names of the signals received, for :func:`say_stop_requested`. The handler itself must
+not log: it runs between two bytecodes of the main thread, which may be inside a log call
+holding the output's lock (structlog's is not reentrant), and would wait on it forever."""
+
+
 def install_signal_handlers(stop: threading.Event) -> None:
     def handle(signum: int, _frame: FrameType | None) -> None:
-        log.info("shutdown.requested", signal=signal.Signals(signum).name)
+        _received.append(signal.Signals(signum).name)
         stop.set()
 
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
+
+
+def say_stop_requested() -> None:
+    """Log the signals that asked for a stop since the last call (outside the handler)."""
+    while _received:
+        log.info("shutdown.requested", signal=_received.pop(0))
 
 
 def run_daemon(
@@ -155,6 +167,7 @@ def run_daemon(
     # thread only when it wakes (an untimed wait would sleep through SIGTERM).
     while not stop.wait(0.5):
         pass
+    say_stop_requested()
     deadline = time.monotonic() + shutdown_timeout
     bridge.stopping.set()
     scheduler.shutdown(wait=False)
