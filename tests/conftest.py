@@ -162,6 +162,15 @@ class BridgeProcess:
             store.close()
 
 
+@pytest.fixture(scope="module")
+def offline() -> Iterator[None]:
+    """wandb in offline mode for the tests of a module that call ``wandb.init`` in process."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("WANDB_MODE", "offline")
+        patch.delenv("WANDB_SILENT", raising=False)  # set but empty makes init raise
+        yield
+
+
 @pytest.fixture
 def bridge_process(tmp_path: Path) -> Iterator[Callable[..., BridgeProcess]]:
     made: list[BridgeProcess] = []

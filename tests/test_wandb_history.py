@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import wandb
 
 from bridge import wandb_history
@@ -22,14 +20,6 @@ ROWS: list[tuple[int, dict[str, Any]]] = [
     (8, {"train_loss": 1.0, "total_steps": 12, "step": 8}),
     (9, {"valid_loss": 0.75, "step": 4}),
 ]
-
-
-@pytest.fixture(scope="module")
-def offline() -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("WANDB_MODE", "offline")
-        patch.delenv("WANDB_SILENT", raising=False)  # set but empty makes init raise
-        yield
 
 
 def _write(root: Path, run_id: str, *, batched: bool, later: int) -> tuple[Path, Any]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,14 +41,6 @@ class Written:
 
 def _settings() -> Any:
     return wandb.Settings(console="off", x_disable_stats=True, x_disable_meta=True)
-
-
-@pytest.fixture(scope="module")
-def offline() -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("WANDB_MODE", "offline")
-        patch.delenv("WANDB_SILENT", raising=False)  # set but empty makes init raise
-        yield
 
 
 @pytest.fixture(scope="module")
