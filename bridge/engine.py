@@ -443,8 +443,8 @@ class Bridge:
     def _fetch(self, state: JobState) -> tuple[int, JobState]:
         """The API side of a job's sync (run in a worker thread): its new events, its snapshot
         again when they hint at a status change, and what a finished job's outputs need."""
-        fresh = self._new_events(state.job_id)
-        new = self.store.add_events(state.job_id, fresh)
+        fresh = self._store_new_events(state.job_id)
+        new = len(fresh)
         fetched = self._fetched_at.get(state.job_id, float("-inf"))
         hinted = state.job_id in self._hinted
         self._hinted.discard(state.job_id)
@@ -505,18 +505,28 @@ class Bridge:
 
     def fetch_events(self, job_id: str) -> int:
         """Read events newest first until one already stored; store the new ones oldest first."""
-        return self.store.add_events(job_id, self._new_events(job_id))
+        return len(self._store_new_events(job_id))
 
-    def _new_events(self, job_id: str) -> list[Json]:
-        """The events not stored yet, oldest first."""
+    def _store_new_events(self, job_id: str) -> list[Json]:
+        """Store the events not stored yet; return them, oldest first. The usual case, a first
+        page that reaches what was read before, costs one store transaction."""
         fresh: list[Json] = []
         for page in self.source.event_pages(job_id):
+            if not fresh:
+                stored = self.store.add_page_if_known(job_id, page)
+                if stored is not None:
+                    return self._hint(job_id, stored)
+                fresh.extend(page)
+                continue
             known = self.store.known_event_ids(job_id, [str(e["id"]) for e in page])
-            new_here = [e for e in page if str(e["id"]) not in known]
-            fresh.extend(new_here)
+            fresh.extend(e for e in page if str(e["id"]) not in known)
             if known:
                 break
         fresh.reverse()
+        self.store.add_events(job_id, fresh)
+        return self._hint(job_id, fresh)
+
+    def _hint(self, job_id: str, fresh: list[Json]) -> list[Json]:
         if any(event.get("type") != "metrics" for event in fresh):
             self._hinted.add(job_id)  # messages come with status changes
         return fresh

@@ -177,6 +177,11 @@ class StateStore(Protocol):
         """Append events, oldest first; those with a metrics step start as ``new``."""
         ...
 
+    def add_page_if_known(self, job_id: str, page: Sequence[Json]) -> list[Json] | None:
+        """One page of events, newest first: when it holds a stored one, store the rest
+        (oldest first) and return them; else store nothing and return None."""
+        ...
+
     def pending_events(self, job_id: str) -> list[StoredEvent]: ...
 
     def last_wandb_step(self, job_id: str) -> int:

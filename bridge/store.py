@@ -266,49 +266,74 @@ class SqlStore:
         if not events:
             return 0
         with self._tx() as conn:
-            next_seq = conn.execute(
-                sa.select(schema.jobs.c.next_seq).where(schema.jobs.c.job_id == job_id)
-            ).scalar_one()
-            known = {
-                r.event_id
-                for r in conn.execute(
-                    sa.select(schema.events.c.event_id).where(
-                        schema.events.c.job_id == job_id,
-                        schema.events.c.event_id.in_([str(e.get("id")) for e in events]),
-                    )
+            return self._insert_new(conn, job_id, events, self._known(conn, job_id, events))
+
+    def add_page_if_known(self, job_id: str, page: Sequence[Json]) -> list[Json] | None:
+        """A page of events newest first, in one transaction: when one of them is stored
+        already (the page reaches what was read before), store the others oldest first and
+        return them; else store nothing and return None (older pages must come first)."""
+        if not page:
+            return None
+        with self._tx() as conn:
+            known = self._known(conn, job_id, page)
+            if not known:
+                return None
+            fresh = [e for e in reversed(page) if str(e.get("id")) not in known]
+            self._insert_new(conn, job_id, fresh, known)
+        return fresh
+
+    @staticmethod
+    def _known(conn: Connection, job_id: str, events: Sequence[Json]) -> set[str]:
+        return {
+            r.event_id
+            for r in conn.execute(
+                sa.select(schema.events.c.event_id).where(
+                    schema.events.c.job_id == job_id,
+                    schema.events.c.event_id.in_([str(e.get("id")) for e in events]),
                 )
-            }
-            filled = self._filled_steps(conn, job_id)
-            rows: list[dict[str, Any]] = []
-            for event in events:
-                event_id = str(event.get("id"))
-                if event_id in known:
-                    continue
-                known.add(event_id)
-                step = mapping.step_of(event)
-                # A step the result file filled in is in W&B already: its event, read late
-                # (after a restart, say), is kept but not logged a second time.
-                state: EventState = "new" if step is not None and step not in filled else "none"
-                created = event.get("created_at")
-                rows.append(
-                    {
-                        "job_id": job_id,
-                        "event_id": event_id,
-                        "seq": next_seq + len(rows),
-                        "created_at": created if isinstance(created, int) else None,
-                        "type": str(event.get("type"))[:64],
-                        "step": step,
-                        "state": state,
-                        "payload": _dumps(event),
-                    }
-                )
-            if rows:
-                conn.execute(schema.events.insert(), rows)
-                conn.execute(
-                    schema.jobs.update()
-                    .where(schema.jobs.c.job_id == job_id)
-                    .values(next_seq=next_seq + len(rows))
-                )
+            )
+        }
+
+    def _insert_new(
+        self, conn: Connection, job_id: str, events: Sequence[Json], known: set[str]
+    ) -> int:
+        """Store the events (oldest first) not in ``known``; the number stored."""
+        if all(str(e.get("id")) in known for e in events):
+            return 0
+        next_seq = conn.execute(
+            sa.select(schema.jobs.c.next_seq).where(schema.jobs.c.job_id == job_id)
+        ).scalar_one()
+        known = set(known)
+        filled = self._filled_steps(conn, job_id)
+        rows: list[dict[str, Any]] = []
+        for event in events:
+            event_id = str(event.get("id"))
+            if event_id in known:
+                continue
+            known.add(event_id)
+            step = mapping.step_of(event)
+            # A step the result file filled in is in W&B already: its event, read late
+            # (after a restart, say), is kept but not logged a second time.
+            state: EventState = "new" if step is not None and step not in filled else "none"
+            created = event.get("created_at")
+            rows.append(
+                {
+                    "job_id": job_id,
+                    "event_id": event_id,
+                    "seq": next_seq + len(rows),
+                    "created_at": created if isinstance(created, int) else None,
+                    "type": str(event.get("type"))[:64],
+                    "step": step,
+                    "state": state,
+                    "payload": _dumps(event),
+                }
+            )
+        conn.execute(schema.events.insert(), rows)
+        conn.execute(
+            schema.jobs.update()
+            .where(schema.jobs.c.job_id == job_id)
+            .values(next_seq=next_seq + len(rows))
+        )
         return len(rows)
 
     @staticmethod

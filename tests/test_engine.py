@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from bridge.engine import Bridge
 from bridge.errors import SinkUnavailable
@@ -235,3 +236,23 @@ def test_a_stale_snapshot_is_fetched_even_without_events(
     bridge.poll()
     state = bridge.store.get_job("ftjob-old")
     assert state is not None and state.status == "cancelled" and state.synced
+
+
+def test_a_page_reaching_stored_events_is_checked_and_stored_in_one_transaction(
+    tmp_path: Path,
+) -> None:
+    store = SqlStore(f"sqlite:///{tmp_path / 's.db'}")
+    store.record_job("openai", job("ftjob-a"))
+    store.add_events("ftjob-a", [metrics("e1", 1), metrics("e2", 2)])
+    # Newest first, as the API pages them: nothing stored when no event of it is known.
+    assert store.add_page_if_known("ftjob-a", [metrics("e5", 5), metrics("e4", 4)]) is None
+    assert [e.event["id"] for e in store.pending_events("ftjob-a")] == ["e1", "e2"]
+    transactions: list[object] = []
+    sa.event.listen(store.engine, "begin", transactions.append)
+    stored = store.add_page_if_known(
+        "ftjob-a", [metrics("e4", 4), metrics("e3", 3), metrics("e2", 2)]
+    )
+    assert [e["id"] for e in stored or []] == ["e3", "e4"]
+    assert len(transactions) == 1
+    assert [e.event["id"] for e in store.pending_events("ftjob-a")] == ["e1", "e2", "e3", "e4"]
+    assert store.add_page_if_known("ftjob-a", [metrics("e4", 4)]) == []
