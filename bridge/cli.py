@@ -156,8 +156,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _command(args)
     except KeyboardInterrupt:  # Ctrl-C before the signal handlers are in place
-        print("ftbridge: interrupted", file=sys.stderr)
-        return INTERRUPTED
+        from bridge.entry import leave_interrupted  # noqa: PLC0415 - the entry imports us
+
+        return leave_interrupted()
 
 
 def _command(args: argparse.Namespace) -> int:
