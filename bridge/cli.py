@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from bridge import __version__, health, migrate, webhook_commands
 from bridge.daemon import install_signal_handlers, run_daemon, say_stop_requested
 from bridge.engine import Bridge, CycleStats
+from bridge.entry import INTERRUPTED, leave_interrupted
 from bridge.errors import BridgeError, ConfigError, Interrupted, JobNotFound, StoreUnavailable
 from bridge.group import BridgeGroup
 from bridge.logs import configure_logging
@@ -148,17 +149,12 @@ def _operator_parsers(commands: argparse._SubParsersAction[argparse.ArgumentPars
 
 
 #: The conventional exit code of a process stopped by Ctrl-C (128 + SIGINT).
-INTERRUPTED = 130
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _command(args)
     except KeyboardInterrupt:  # Ctrl-C before the signal handlers are in place
-        from bridge.entry import leave_interrupted  # noqa: PLC0415 - the entry imports us
-
-        return leave_interrupted()
+        leave_interrupted()
 
 
 def _command(args: argparse.Namespace) -> int:

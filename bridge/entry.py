@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import NoReturn
 
 INTERRUPTED = 130
 
 
-def leave_interrupted() -> int:
+def leave_interrupted() -> NoReturn:
     """Say so and exit 130 at once. A Ctrl-C that reaches Python as KeyboardInterrupt came
     before the signal handlers were in place (start-up): no run is open and every store write
     is a whole transaction, so nothing is lost; going through the interpreter's finalization
@@ -27,7 +28,7 @@ def main() -> int:
 
         return cli_main()
     except KeyboardInterrupt:
-        return leave_interrupted()
+        leave_interrupted()
 
 
 if __name__ == "__main__":  # pragma: no cover

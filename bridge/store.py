@@ -86,12 +86,6 @@ class SqlStore:
         self.on_change = on_change
         self._lock_handle: object | None = None
         self._url_shown = sa.make_url(url).render_as_string(hide_password=True)
-        self._turn: AbstractContextManager[object] = nullcontext()
-        if sa.make_url(url).get_backend_name() == "sqlite":
-            # SQLite has one writer at a time and makes the others sleep and retry (its busy
-            # handler backs off up to 100 ms a try): with dozens of reading threads storing
-            # events, a cycle spent most of its time asleep. They take turns here instead.
-            self._turn = threading.RLock()
         try:
             self._engine = create_db_engine(url)
             migrate.upgrade(self._engine, self._url_shown)
@@ -99,6 +93,12 @@ class SqlStore:
             raise store_error(
                 self._engine, error, f"state store {self._url_shown} cannot be used"
             ) from None
+        # SQLite has one writer at a time and makes the others sleep and retry (its busy
+        # handler backs off up to 100 ms a try): with dozens of reading threads storing
+        # events, a cycle spent most of its time asleep. They take turns here instead.
+        self._turn: AbstractContextManager[object] = (
+            threading.RLock() if self._engine.dialect.name == "sqlite" else nullcontext()
+        )
 
     @contextmanager
     def _tx(self) -> Iterator[Connection]:
