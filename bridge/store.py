@@ -14,7 +14,7 @@ from typing import Any, cast
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from bridge import mapping, migrate, schema
+from bridge import mapping, migrate, schema, statements
 from bridge.errors import StoreError, StoreUnavailable
 from bridge.ports import (
     EventState,
@@ -291,15 +291,8 @@ class SqlStore:
 
     @staticmethod
     def _known(conn: Connection, job_id: str, events: Sequence[Json]) -> set[str]:
-        return {
-            r.event_id
-            for r in conn.execute(
-                sa.select(schema.events.c.event_id).where(
-                    schema.events.c.job_id == job_id,
-                    schema.events.c.event_id.in_([str(e.get("id")) for e in events]),
-                )
-            )
-        }
+        ids = [str(e.get("id")) for e in events]
+        return set(conn.execute(statements.KNOWN_IDS, {"b_job": job_id, "b_ids": ids}).scalars())
 
     def _insert_new(
         self, conn: Connection, job_id: str, events: Sequence[Json], known: set[str]
@@ -307,9 +300,7 @@ class SqlStore:
         """Store the events (oldest first) not in ``known``; the number stored."""
         if all(str(e.get("id")) in known for e in events):
             return 0
-        next_seq = conn.execute(
-            sa.select(schema.jobs.c.next_seq).where(schema.jobs.c.job_id == job_id)
-        ).scalar_one()
+        next_seq = conn.execute(statements.NEXT_SEQ, {"b_job": job_id}).scalar_one()
         known = set(known)
         filled = self._filled_steps(conn, job_id)
         rows: list[dict[str, Any]] = []
@@ -335,24 +326,16 @@ class SqlStore:
                     "payload": _dumps(event),
                 }
             )
-        conn.execute(schema.events.insert(), rows)
-        conn.execute(
-            schema.jobs.update()
-            .where(schema.jobs.c.job_id == job_id)
-            .values(next_seq=next_seq + len(rows))
-        )
+        conn.execute(statements.INSERT_EVENTS, rows)
+        conn.execute(statements.SET_NEXT_SEQ, {"b_job": job_id, "b_seq": next_seq + len(rows)})
         return len(rows)
 
     @staticmethod
     def _filled_steps(conn: Connection, job_id: str) -> set[int]:
         """Steps whose row came from the job's result file (events ``result:<file>:<step>``)."""
-        e = schema.events
-        found = conn.execute(
-            sa.select(e.c.step).where(
-                e.c.job_id == job_id, e.c.event_id.like("result:%"), e.c.step.is_not(None)
-            )
-        ).all()
-        return {int(r.step) for r in found}
+        return {
+            int(step) for step in conn.execute(statements.FILLED_STEPS, {"b_job": job_id}).scalars()
+        }
 
     def pending_events(self, job_id: str) -> list[StoredEvent]:
         return self._events(job_id, "new")
@@ -366,10 +349,12 @@ class SqlStore:
 
     @staticmethod
     def _events_in(conn: Connection, job_id: str, state: EventState | None) -> list[StoredEvent]:
-        query = sa.select(schema.events).where(schema.events.c.job_id == job_id)
-        if state is not None:
-            query = query.where(schema.events.c.state == state)
-        rows = conn.execute(query.order_by(schema.events.c.seq)).all()
+        if state is None:
+            rows = conn.execute(statements.ALL_EVENTS, {"b_job": job_id}).all()
+        else:
+            rows = conn.execute(
+                statements.EVENTS_IN_STATE, {"b_job": job_id, "b_state": state}
+            ).all()
         return [
             StoredEvent(
                 job_id=r.job_id,
@@ -397,23 +382,7 @@ class SqlStore:
 
     @staticmethod
     def _last_wandb_step(conn: Connection, job_id: str) -> int:
-        e = schema.events
-        # Two lookups on the (job_id, wandb_step) index: its highest W&B step, and among
-        # rows without one (stored before W&B steps were recorded) the highest training
-        # step of those already handed to W&B.
-        placed = (
-            sa.select(sa.func.max(e.c.wandb_step)).where(e.c.job_id == job_id).scalar_subquery()
-        )
-        old = (
-            sa.select(sa.func.max(e.c.step))
-            .where(
-                e.c.job_id == job_id,
-                e.c.wandb_step.is_(None),
-                e.c.state.in_(("sent", "durable")),
-            )
-            .scalar_subquery()
-        )
-        found = conn.execute(sa.select(placed, old)).one()
+        found = conn.execute(statements.LAST_WANDB_STEP, {"b_job": job_id}).one()
         return max([-1, *(int(v) for v in found if v is not None)])
 
     def mark_sent(self, job_id: str, placed: Mapping[str, int]) -> None:
@@ -426,14 +395,8 @@ class SqlStore:
     def _mark_sent(conn: Connection, job_id: str, placed: Mapping[str, int]) -> None:
         if not placed:
             return
-        e = schema.events
-        update = (
-            e.update()
-            .where(e.c.job_id == sa.bindparam("b_job"), e.c.event_id == sa.bindparam("b_event"))
-            .values(state="sent", wandb_step=sa.bindparam("b_at"))
-        )
         rows = [{"b_job": job_id, "b_event": k, "b_at": at} for k, at in placed.items()]
-        conn.execute(update, rows)
+        conn.execute(statements.MARK_SENT, rows)
 
     def send_pending(self, job_id: str, place: Placer) -> list[StoredEvent]:
         with self._tx() as conn:
