@@ -59,6 +59,9 @@ READ_SPAN = 1.0
 REQUESTS_FINISHED, REQUESTS_ACTIVE = 5, 1
 #: Jobs on a page of the listing (the APIs' usual maximum).
 LIST_PAGE = 100
+#: The first events page of a job read before holds at least this many events, and twice
+#: as many as its last read found new (the rest of the page is what was read before).
+FIRST_PAGE_MIN = 10
 
 
 @dataclass
@@ -114,6 +117,8 @@ class Bridge:
         # got events that may come with a status change.
         self._fetched_at: dict[str, float] = {}
         self._hinted: set[str] = set()
+        # How many new events each job's last read found (the size of its next first page).
+        self._last_new: dict[str, int] = {}
         self._cycle_started = float("-inf")
         self.refresh_after = 60.0
         self._retrying: set[str] = set()
@@ -437,6 +442,7 @@ class Bridge:
 
     def _done_with(self, job_id: str) -> None:
         self.store.mark_synced(job_id)
+        self._last_new.pop(job_id, None)
         if self.leases is not None:
             self.leases.release([f"job:{job_id}"])
 
@@ -511,7 +517,9 @@ class Bridge:
         """Store the events not stored yet; return them, oldest first. The usual case, a first
         page that reaches what was read before, costs one store transaction."""
         fresh: list[Json] = []
-        for page in self.source.event_pages(job_id):
+        last_new = self._last_new.get(job_id)
+        first_page = None if last_new is None else max(FIRST_PAGE_MIN, 2 * last_new)
+        for page in self.source.event_pages(job_id, first_page):
             if not fresh:
                 stored = self.store.add_page_if_known(job_id, page)
                 if stored is not None:
@@ -527,6 +535,7 @@ class Bridge:
         return self._hint(job_id, fresh)
 
     def _hint(self, job_id: str, fresh: list[Json]) -> list[Json]:
+        self._last_new[job_id] = len(fresh)
         if any(event.get("type") != "metrics" for event in fresh):
             self._hinted.add(job_id)  # messages come with status changes
         return fresh

@@ -14,8 +14,11 @@ from bridge.mapping import ArtifactSpec, MetricRow, RunSpec
 from bridge.ports import Json, OpenedRun, PlacedRow
 
 
-def _pages(items: list[Json], size: int) -> Iterator[list[Json]]:
-    for start in range(0, len(items), size):
+def _pages(items: list[Json], size: int, first: int | None = None) -> Iterator[list[Json]]:
+    """Pages of ``size`` items; the first of ``first`` items when that is fewer."""
+    head = min(size, first) if first is not None else size
+    yield items[:head]
+    for start in range(head, len(items), size):
         yield items[start : start + size]
 
 
@@ -30,6 +33,8 @@ class MemorySource:
         self.checkpoint_lists: dict[str, list[Json]] = {}
         self.files: dict[str, bytes] = {}
         self.calls: Counter[str] = Counter()
+        # The ``first_page`` hint of every events read, in order.
+        self.first_pages: list[int | None] = []
 
     def put_job(self, job: Json) -> None:
         self.jobs[str(job["id"])] = job
@@ -68,12 +73,13 @@ class MemorySource:
             raise JobNotFound(f"file {file_id}: not found")
         return self.files[file_id]
 
-    def event_pages(self, job_id: str) -> Iterator[list[Json]]:
+    def event_pages(self, job_id: str, first_page: int | None = None) -> Iterator[list[Json]]:
         newest_first = list(reversed(self.events.get(job_id, [])))
         if not newest_first:
             self.calls["list_events"] += 1
             return iter([[]])
-        return self._counted("list_events", _pages(newest_first, self.page_size))
+        self.first_pages.append(first_page)
+        return self._counted("list_events", _pages(newest_first, self.page_size, first_page))
 
 
 @dataclass

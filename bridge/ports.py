@@ -27,7 +27,11 @@ class JobSource(Protocol):
 
     def get_job(self, job_id: str) -> Json: ...
 
-    def event_pages(self, job_id: str) -> Iterator[list[Json]]: ...
+    def event_pages(self, job_id: str, first_page: int | None = None) -> Iterator[list[Json]]:
+        """The job's events, newest first. ``first_page``: how many events the first page
+        needs to hold (what was read before follows them), a hint for an API whose pages
+        have a size; None: as many as a page holds."""
+        ...
 
     def checkpoints(self, job_id: str) -> list[Json]:
         """The job's checkpoints (the API keeps those of the last three epochs)."""

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from bridge import schema
 
 _e, _j = schema.events, schema.jobs
-_JOB = sa.bindparam("b_job")
+_JOB: sa.BindParameter[str] = sa.bindparam("b_job")
 
 #: The event ids of ``b_ids`` (expanding) stored for job ``b_job``.
 KNOWN_IDS = sa.select(_e.c.event_id).where(

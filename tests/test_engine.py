@@ -82,6 +82,28 @@ def test_new_events_only_are_fetched_and_logged_in_order(
     assert steps_of(sink, "ftjob-a") == list(range(1, 12))
 
 
+def test_a_job_read_before_asks_for_a_short_first_page_and_overflows_losing_nothing(
+    tmp_path: Path,
+) -> None:
+    source = MemorySource(page_size=100)
+    source.put_job(job("ftjob-a"))
+    add_steps(source, "ftjob-a", range(1, 51))
+    sink = MemorySink()
+    bridge = make_bridge(source, sink, tmp_path / "s.db")
+    bridge.poll()  # never read: a whole page
+    add_steps(source, "ftjob-a", range(51, 53))
+    bridge.poll()  # 50 new last time: room for 100
+    add_steps(source, "ftjob-a", range(53, 54))
+    bridge.poll()  # 2 new last time: the least, 10
+    add_steps(source, "ftjob-a", range(54, 79))
+    source.calls.clear()
+    stats = bridge.poll()  # 1 new last time, 25 now: the short page overflows
+    assert source.first_pages == [None, 100, 10, 10]
+    assert source.calls["list_events"] == 2
+    assert stats.events == 25
+    assert steps_of(sink, "ftjob-a") == list(range(1, 79))
+
+
 def test_job_end_finishes_the_run_with_summary_and_exit_code(
     source: MemorySource, tmp_path: Path
 ) -> None:

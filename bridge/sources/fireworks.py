@@ -653,7 +653,9 @@ class FireworksSource:
         return samples.answer_of(_json_object(response, what), time.monotonic() - started)
 
     # Metrics
-    def event_pages(self, job_id: str) -> Iterator[list[Json]]:
+    def event_pages(self, job_id: str, first_page: int | None = None) -> Iterator[list[Json]]:
+        """The job's metrics, newest first, from its metrics file or its curve (read whole:
+        ``first_page`` does not apply)."""
         _, collection, _ = self._resource(job_id)
         resource = self._snapshot(job_id) or self._get_resource(job_id)
         if collection == "reinforcementFineTuningJobs":

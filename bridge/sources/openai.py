@@ -270,13 +270,16 @@ class OpenAISource:
             completion_tokens=usage.completion_tokens if usage else 0,
         )
 
-    def event_pages(self, job_id: str) -> Iterator[list[Json]]:
+    def event_pages(self, job_id: str, first_page: int | None = None) -> Iterator[list[Json]]:
         jobs = self._client.fine_tuning.jobs.with_raw_response
+        # A job read before needs only its newest events: a short first page is less to
+        # send, decode and check; a full page follows when all of them were new.
+        first = PAGE_SIZE if first_page is None else max(1, min(PAGE_SIZE, first_page))
 
         def fetch(after: str | None) -> Any:
-            return jobs.list_events(
-                job_id, limit=PAGE_SIZE, after=after if after is not None else openai.omit
-            )
+            if after is None:
+                return jobs.list_events(job_id, limit=first)
+            return jobs.list_events(job_id, limit=PAGE_SIZE, after=after)
 
         if job_id in self._without["events"]:
             return iter([[]])

@@ -504,8 +504,9 @@ class TogetherSource:
             raise SourceUnavailable(f"{what}: the answer is not this job")
         return self._model(raw)
 
-    def event_pages(self, job_id: str) -> Iterator[list[Json]]:
-        """One page, newest first: the job's messages and its metrics not yet handed on."""
+    def event_pages(self, job_id: str, first_page: int | None = None) -> Iterator[list[Json]]:
+        """One page, newest first: the job's messages and its metrics not yet handed on
+        (the API has no page size: ``first_page`` is not needed)."""
         walk = PageWalk(f"events of {job_id}", self.max_pages, self.stopping)
         return single_page(walk, lambda: self._events(job_id))
 
