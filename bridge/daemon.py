@@ -142,9 +142,15 @@ def run_daemon(
     poller = Poller(bridge, interval, backoff_max, metrics)
 
     def tick() -> None:
-        poller.tick()
-        if until is not None and until():
-            stop.set()
+        # A cycle that outlasts the interval is followed at once by the next: the timer
+        # skips the slots it missed, which would leave every job a whole interval behind.
+        while True:
+            started = time.monotonic()
+            poller.tick()
+            if until is not None and until():
+                stop.set()
+            if stop.is_set() or time.monotonic() - started < interval:
+                return
 
     scheduler = BackgroundScheduler(timezone=UTC)
     scheduler.add_job(

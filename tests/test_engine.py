@@ -3,12 +3,16 @@ lossless cursors across restarts and crashes."""
 
 from __future__ import annotations
 
+import itertools
+import signal
+import time
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
-from bridge.engine import Bridge
+from bridge.daemon import run_daemon
+from bridge.engine import Bridge, CycleStats
 from bridge.errors import SinkUnavailable
 from bridge.mapping import WandbDefaults
 from bridge.memory import MemorySink, MemorySource
@@ -278,3 +282,39 @@ def test_a_page_reaching_stored_events_is_checked_and_stored_in_one_transaction(
     assert len(transactions) == 1
     assert [e.event["id"] for e in store.pending_events("ftjob-a")] == ["e1", "e2", "e3", "e4"]
     assert store.add_page_if_known("ftjob-a", [metrics("e4", 4)]) == []
+
+
+def test_a_cycle_longer_than_the_interval_is_followed_at_once_by_the_next(
+    source: MemorySource, tmp_path: Path
+) -> None:
+    """The timer skips the slots a long cycle missed; the daemon starts the next cycle as
+    soon as a late one ends, not a slot later."""
+    source.put_job(job("ftjob-a"))
+    bridge = make_bridge(source, MemorySink(), tmp_path / "s.db")
+    poll = bridge.poll
+    cycles: list[tuple[float, float]] = []
+
+    def slow_poll() -> CycleStats:
+        started = time.monotonic()
+        stats = poll()
+        time.sleep(1.2)  # the interval is 1 s
+        cycles.append((started, time.monotonic()))
+        return stats
+
+    setattr(bridge, "poll", slow_poll)  # noqa: B010 - an instance attribute on purpose
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        code = run_daemon(
+            bridge,
+            interval=1.0,
+            backoff_max=5.0,
+            shutdown_timeout=5.0,
+            until=lambda: len(cycles) >= 3,
+        )
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    assert code == 0
+    waits = [begin - end for (_, end), (begin, _) in itertools.pairwise(cycles)]
+    assert len(waits) == 2
+    assert all(wait < 0.4 for wait in waits), waits  # a skipped slot would wait 0.8 s
