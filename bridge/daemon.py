@@ -15,6 +15,7 @@ import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from bridge.engine import Bridge, CycleStats
+from bridge.entry import interrupted_early
 from bridge.errors import BridgeError, RetryableError
 from bridge.group import BridgeGroup
 from bridge.leases import Leases
@@ -114,6 +115,9 @@ def install_signal_handlers(stop: threading.Event) -> None:
 
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
+    if interrupted_early():  # a Ctrl-C during start-up that did not stop it
+        _received.append(signal.Signals.SIGINT.name)
+        stop.set()
 
 
 def say_stop_requested() -> None:

@@ -4,10 +4,29 @@ during the second or so the imports take exits quietly with code 130, as it does
 from __future__ import annotations
 
 import os
+import signal
 import sys
+from types import FrameType
 from typing import NoReturn
 
 INTERRUPTED = 130
+
+_interrupts: list[int] = []
+"""Ctrl-Cs received before the daemon's own signal handlers were in place."""
+
+
+def _interrupt(signum: int, _frame: FrameType | None) -> None:
+    """Python's default Ctrl-C (KeyboardInterrupt), remembered: a KeyboardInterrupt raised
+    where start-up code swallows it (an import, a finalizer) still stops the daemon."""
+    _interrupts.append(signum)
+    raise KeyboardInterrupt
+
+
+def interrupted_early() -> bool:
+    """Whether a Ctrl-C came during start-up; said once."""
+    early = bool(_interrupts)
+    _interrupts.clear()
+    return early
 
 
 def leave_interrupted() -> NoReturn:
@@ -23,6 +42,7 @@ def leave_interrupted() -> NoReturn:
 
 
 def main() -> int:
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         from bridge.cli import main as cli_main  # noqa: PLC0415 - imported under the guard
 
@@ -32,4 +52,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # As ``python -m bridge.entry`` this file is ``__main__``: run the copy the daemon
+    # imports (``bridge.entry``), whose record of early Ctrl-Cs it reads.
+    from bridge import entry  # noqa: PLW0406 - on purpose, see above
+
+    sys.exit(entry.main())

@@ -3,15 +3,18 @@ lossless cursors across restarts and crashes."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import signal
+import threading
 import time
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
-from bridge.daemon import run_daemon
+from bridge import entry
+from bridge.daemon import install_signal_handlers, run_daemon
 from bridge.engine import Bridge, CycleStats
 from bridge.errors import SinkUnavailable
 from bridge.mapping import WandbDefaults
@@ -318,3 +321,22 @@ def test_a_cycle_longer_than_the_interval_is_followed_at_once_by_the_next(
     waits = [begin - end for (_, end), (begin, _) in itertools.pairwise(cycles)]
     assert len(waits) == 2
     assert all(wait < 0.4 for wait in waits), waits  # a skipped slot would wait 0.8 s
+
+
+def test_a_ctrl_c_swallowed_during_start_up_still_stops_the_daemon() -> None:
+    """Ctrl-C during start-up raises KeyboardInterrupt; where start-up code swallows it (an
+    import, a finalizer), the daemon's handlers, once installed, stop it all the same."""
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    stop = threading.Event()
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            entry._interrupt(signal.SIGINT, None)  # what entry.main installs first
+        install_signal_handlers(stop)
+        assert stop.is_set()
+        again = threading.Event()
+        install_signal_handlers(again)
+        assert not again.is_set(), "said once"
+    finally:
+        entry.interrupted_early()
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
