@@ -148,7 +148,6 @@ def _operator_parsers(commands: argparse._SubParsersAction[argparse.ArgumentPars
     probe.add_argument("--url", help="default: /readyz on FTBRIDGE_HTTP_HOST:FTBRIDGE_HTTP_PORT")
 
 
-#: The conventional exit code of a process stopped by Ctrl-C (128 + SIGINT).
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:

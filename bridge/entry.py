@@ -9,6 +9,7 @@ import sys
 from types import FrameType
 from typing import NoReturn
 
+#: The conventional exit code of a process stopped by Ctrl-C (128 + SIGINT).
 INTERRUPTED = 130
 
 _interrupts: list[int] = []

@@ -261,19 +261,14 @@ class SqlStore:
         if not event_ids:
             return set()
         with self._tx() as conn:
-            rows = conn.execute(
-                sa.select(schema.events.c.event_id).where(
-                    schema.events.c.job_id == job_id,
-                    schema.events.c.event_id.in_(list(event_ids)),
-                )
-            ).all()
-        return {r.event_id for r in rows}
+            return self._known(conn, job_id, event_ids)
 
     def add_events(self, job_id: str, events: Sequence[Json]) -> int:
         if not events:
             return 0
         with self._tx() as conn:
-            return self._insert_new(conn, job_id, events, self._known(conn, job_id, events))
+            known = self._known(conn, job_id, _ids(events))
+            return self._insert_new(conn, job_id, events, known)
 
     def add_page_if_known(self, job_id: str, page: Sequence[Json]) -> list[Json] | None:
         """A page of events newest first, in one transaction: when one of them is stored
@@ -282,7 +277,7 @@ class SqlStore:
         if not page:
             return None
         with self._tx() as conn:
-            known = self._known(conn, job_id, page)
+            known = self._known(conn, job_id, _ids(page))
             if not known:
                 return None
             fresh = [e for e in reversed(page) if str(e.get("id")) not in known]
@@ -290,9 +285,10 @@ class SqlStore:
         return fresh
 
     @staticmethod
-    def _known(conn: Connection, job_id: str, events: Sequence[Json]) -> set[str]:
-        ids = [str(e.get("id")) for e in events]
-        return set(conn.execute(statements.KNOWN_IDS, {"b_job": job_id, "b_ids": ids}).scalars())
+    def _known(conn: Connection, job_id: str, event_ids: Sequence[str]) -> set[str]:
+        """Which of ``event_ids`` the job has stored."""
+        found = conn.execute(statements.KNOWN_IDS, {"b_job": job_id, "b_ids": list(event_ids)})
+        return set(found.scalars())
 
     def _insert_new(
         self, conn: Connection, job_id: str, events: Sequence[Json], known: set[str]
@@ -542,6 +538,10 @@ class SqlStore:
 
     def close(self) -> None:
         self._engine.dispose()
+
+
+def _ids(events: Sequence[Json]) -> list[str]:
+    return [str(e.get("id")) for e in events]
 
 
 def _placed_at(event: StoredEvent) -> int:
