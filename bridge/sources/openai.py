@@ -34,6 +34,7 @@ from bridge.errors import (
 from bridge.evals.samples import Answer
 from bridge.paging import DEFAULT_MAX_PAGES, PageWalk
 from bridge.ports import Json
+from bridge.sources.clients import openai_pool
 from bridge.sources.openai_model import job_model
 
 log = structlog.get_logger(__name__)
@@ -120,7 +121,7 @@ class OpenAISource:
         metadata: dict[str, str] | None = None,
     ) -> None:
         self.name = name
-        self._client = client
+        self._clients = openai_pool(client)
         self._metadata = metadata
         # Set by the wiring to the bridge's stop event: every walk over pages honours it.
         self.stopping: threading.Event | None = None
@@ -156,9 +157,10 @@ class OpenAISource:
         )
         return cls(client, name, metadata=metadata)
 
-    def _call(self, what: str, request: Callable[[], Any]) -> Json:
+    def _call(self, what: str, request: Callable[[openai.OpenAI], Any]) -> Json:
         try:
-            raw = request()
+            with self._clients.lend() as client:
+                raw = request(client)
             return _json_object(raw.text, what)
         except openai.OpenAIError as error:
             raise translate(error, what) from None
@@ -166,7 +168,7 @@ class OpenAISource:
     def _paged(
         self,
         what: str,
-        fetch: Callable[[str | None], Any],
+        fetch: Callable[[str | None, openai.OpenAI], Any],
         id_problem: Callable[[object], str | None] = limits.id_problem,
     ) -> Iterator[list[Json]]:
         walk = PageWalk(what, self.max_pages, self.stopping)
@@ -202,10 +204,8 @@ class OpenAISource:
         return False
 
     def job_pages(self) -> Iterator[list[Json]]:
-        jobs = self._client.fine_tuning.jobs.with_raw_response
-
-        def fetch(after: str | None) -> Any:
-            return jobs.list(
+        def fetch(after: str | None, client: openai.OpenAI) -> Any:
+            return client.fine_tuning.jobs.with_raw_response.list(
                 limit=PAGE_SIZE,
                 after=after if after is not None else openai.omit,
                 metadata=self._metadata if self._metadata else openai.omit,
@@ -219,18 +219,15 @@ class OpenAISource:
         problem = limits.run_id_problem(job_id)
         if problem is not None:
             raise JobQuarantined(f"job {job_id[:80]!r}: {problem}")
-        jobs = self._client.fine_tuning.jobs.with_raw_response
         what = f"job {job_id}"
-        job = self._call(what, lambda: jobs.retrieve(job_id))
+        job = self._call(what, lambda c: c.fine_tuning.jobs.with_raw_response.retrieve(job_id))
         if job.get("id") != job_id:
             raise SourceUnavailable(f"{what}: the answer is not this job")
         return job_model(limits.clean_item(job))
 
     def checkpoints(self, job_id: str) -> list[Json]:
-        checkpoints = self._client.fine_tuning.jobs.checkpoints.with_raw_response
-
-        def fetch(after: str | None) -> Any:
-            return checkpoints.list(
+        def fetch(after: str | None, client: openai.OpenAI) -> Any:
+            return client.fine_tuning.jobs.checkpoints.with_raw_response.list(
                 job_id, limit=PAGE_SIZE, after=after if after is not None else openai.omit
             )
 
@@ -243,9 +240,9 @@ class OpenAISource:
             return []
 
     def file_content(self, file_id: str) -> bytes:
-        files = self._client.files.with_raw_response
         try:
-            return bytes(files.content(file_id).content)
+            with self._clients.lend() as client:
+                return bytes(client.files.with_raw_response.content(file_id).content)
         except openai.OpenAIError as error:
             raise translate(error, f"file {file_id}") from None
 
@@ -254,11 +251,12 @@ class OpenAISource:
         :mod:`bridge.evals`); no retries: a failure ends the sampling."""
         started = time.monotonic()
         try:
-            done = self._client.with_options(max_retries=0).chat.completions.create(
-                model=model,
-                messages=messages,  # type: ignore[arg-type]
-                max_tokens=max_tokens,
-            )
+            with self._clients.lend() as client:
+                done = client.with_options(max_retries=0).chat.completions.create(
+                    model=model,
+                    messages=messages,  # type: ignore[arg-type]
+                    max_tokens=max_tokens,
+                )
         except openai.OpenAIError as error:
             raise translate(error, f"chat with {model}") from None
         text = done.choices[0].message.content if done.choices else None
@@ -271,12 +269,12 @@ class OpenAISource:
         )
 
     def event_pages(self, job_id: str, first_page: int | None = None) -> Iterator[list[Json]]:
-        jobs = self._client.fine_tuning.jobs.with_raw_response
         # A job read before needs only its newest events: a short first page is less to
         # send, decode and check; a full page follows when all of them were new.
         first = PAGE_SIZE if first_page is None else max(1, min(PAGE_SIZE, first_page))
 
-        def fetch(after: str | None) -> Any:
+        def fetch(after: str | None, client: openai.OpenAI) -> Any:
+            jobs = client.fine_tuning.jobs.with_raw_response
             if after is None:
                 return jobs.list_events(job_id, limit=first)
             return jobs.list_events(job_id, limit=PAGE_SIZE, after=after)
