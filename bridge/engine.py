@@ -59,6 +59,8 @@ READ_SPAN = 1.0
 REQUESTS_FINISHED, REQUESTS_ACTIVE = 5, 1
 #: Jobs on a page of the listing (the APIs' usual maximum).
 LIST_PAGE = 100
+#: Jobs whose reads are done written together (one store transaction per step for all).
+WRITE_BATCH = 100
 #: The first events page of a job read before holds at least this many events, and twice
 #: as many as its last read found new (the rest of the page is what was read before).
 FIRST_PAGE_MIN = 10
@@ -174,11 +176,16 @@ class Bridge:
         stats = CycleStats()
         # With several replicas, one of them lists jobs for the whole group each cycle; the
         # others work from the snapshots it stores.
-        if self.leases is None or self.leases.acquire(f"list:{self.source.name}"):
-            stats.jobs_seen = self.discover()
-        if self.dispatcher is not None:
-            self.dispatcher.wake()  # status changes are in the outbox: deliver them now
+        lister = self.leases is None or self.leases.acquire(f"list:{self.source.name}")
+        seen = self._list_new() if lister else None
+        self._wake_dispatcher()
         self.sync_unsynced(stats)
+        if seen is not None:
+            # Jobs off the first pages are looked at after the cycle's reads and writes (now
+            # and then that is every page of the listing): the rows of this cycle do not
+            # wait for it; a status change it finds is synced in the next cycle.
+            stats.jobs_seen = len(self._look_at_stale(seen))
+            self._wake_dispatcher()
         self.links.sweep(self._spec)
         self.unblock_sink()
         return stats
@@ -197,14 +204,26 @@ class Bridge:
         if not self.sink.open_runs():
             self.sink.reset()
 
+    def _wake_dispatcher(self) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.wake()  # status changes are in the outbox: deliver them now
+
     def discover(self, *, full: bool = False) -> int:
         """List jobs newest first, stopping after the page where known jobs begin (unless
         ``full``); jobs still unsynced that the pages did not show are fetched one by one."""
+        return len(self._look_at_stale(self._list_new(full), full=full))
+
+    def _list_new(self, full: bool = False) -> set[str]:
+        """The listing's pages newest first, up to the one where known jobs begin (all of
+        them when ``full``); the ids seen."""
         self._cycle_started = time.monotonic()
-        seen: set[str] = set()
-        for job in self._listed_jobs(full):
-            seen.add(str(job["id"]))
+        seen = {str(job["id"]) for job in self._listed_jobs(full)}
         self._keep_quarantined()
+        return seen
+
+    def _look_at_stale(self, seen: set[str], *, full: bool = False) -> set[str]:
+        """Unsynced jobs ``seen`` left out and not looked at for a while: listed again
+        (every page) when that costs fewer requests than getting each of them."""
         stale = [
             state.job_id
             for state in self.store.unsynced_jobs(self.source.name)
@@ -217,7 +236,7 @@ class Bridge:
             if job_id not in seen and not self.stopping.is_set():
                 self.refresh(job_id)
                 seen.add(job_id)
-        return len(seen)
+        return seen
 
     def _keep_quarantined(self) -> None:
         """Jobs the source refused go to the store once, for ``ftbridge status``."""
@@ -309,7 +328,7 @@ class Bridge:
         threads = self.reading_threads(claimed)
         pool = ThreadPoolExecutor(threads, thread_name_prefix="ftbridge-fetch")
         refused: list[SinkUnavailable] = []
-        budget: JobBudget[tuple[int, JobState]] = JobBudget(
+        budget: JobBudget[tuple[list[Json], JobState]] = JobBudget(
             self.job_budget, self.stopping, self._reads
         )
         try:
@@ -320,28 +339,22 @@ class Bridge:
                 for state in claimed
                 if not budget.busy(state.job_id)  # still read by an earlier cycle
             }
-            for future in budget.completed():
+            for batch in budget.completed(WRITE_BATCH):
                 if self.stopping.is_set():
                     return
-                state = futures[future]
-                if on_job is not None:
-                    on_job(state)
-                stats.active += 0 if mapping.is_terminal(state.status) else 1
-                try:
-                    new, state = future.result()
-                    stats.events += new
-                    self._write(state, stats)
-                except JobNotFound:
-                    log.warning("job.gone", job_id=state.job_id, detail="its events are gone")
-                    self._done_with(state.job_id)
-                except RetryableError as error:
-                    stats.errors.append(str(error))
-                    stats.failures.append(error)
-                    self._retry_later(state.job_id, error)
-                    if isinstance(error, SinkUnavailable):
-                        refused.append(error)
-                else:
-                    self._retrying.discard(state.job_id)
+                read: list[tuple[JobState, list[Json]]] = []
+                for future in batch:
+                    state = futures[future]
+                    if on_job is not None:
+                        on_job(state)
+                    stats.active += 0 if mapping.is_terminal(state.status) else 1
+                    try:
+                        fresh, state = future.result()
+                    except (JobNotFound, RetryableError) as error:
+                        self._failed(state.job_id, error, stats, refused)
+                    else:
+                        read.append((state, fresh))
+                self._write_many(read, stats, refused)
         finally:
             # Reads left behind (a slow job, a stop) finish in the background.
             late = bool(budget.abandoned) or self.stopping.is_set()
@@ -369,7 +382,7 @@ class Bridge:
         wanted = math.ceil(seconds / READ_SPAN)
         return max(1, min(len(jobs), MAX_FETCH_WORKERS, max(MIN_FETCH_WORKERS, wanted)))
 
-    def _timed_fetch(self, state: JobState) -> tuple[int, JobState]:
+    def _timed_fetch(self, state: JobState) -> tuple[list[Json], JobState]:
         started = time.monotonic()
         result = self._fetch(state)
         took = time.monotonic() - started
@@ -377,6 +390,24 @@ class Bridge:
             last = self._job_read_seconds
             self._job_read_seconds = took if last is None else 0.8 * last + 0.2 * took
         return result
+
+    def _failed(
+        self,
+        job_id: str,
+        error: JobNotFound | RetryableError,
+        stats: CycleStats,
+        refused: list[SinkUnavailable],
+    ) -> None:
+        """A job's sync failed this cycle: gone for good, or to be tried again later."""
+        if isinstance(error, JobNotFound):
+            log.warning("job.gone", job_id=job_id, detail="its events are gone")
+            self._done_with(job_id)
+            return
+        stats.errors.append(str(error))
+        stats.failures.append(error)
+        self._retry_later(job_id, error)
+        if isinstance(error, SinkUnavailable):
+            refused.append(error)
 
     def _retry_later(self, job_id: str, error: RetryableError) -> None:
         """Said once while a job keeps failing, then only as debug."""
@@ -446,11 +477,11 @@ class Bridge:
         if self.leases is not None:
             self.leases.release([f"job:{job_id}"])
 
-    def _fetch(self, state: JobState) -> tuple[int, JobState]:
-        """The API side of a job's sync (run in a worker thread): its new events, its snapshot
-        again when they hint at a status change, and what a finished job's outputs need."""
-        fresh = self._store_new_events(state.job_id)
-        new = len(fresh)
+    def _fetch(self, state: JobState) -> tuple[list[Json], JobState]:
+        """The API side of a job's sync (run in a worker thread): its new events (returned,
+        oldest first, for :meth:`_write` to store), its snapshot again when they hint at a
+        status change, and what a finished job's outputs need."""
+        fresh = self._new_events(state.job_id)
         fetched = self._fetched_at.get(state.job_id, float("-inf"))
         hinted = state.job_id in self._hinted
         self._hinted.discard(state.job_id)
@@ -458,35 +489,112 @@ class Bridge:
             self.refresh(state.job_id)
             state = self.store.get_job(state.job_id) or state
         if not mapping.should_write_run(state.job, self.native_mode):
-            return new, state
+            return fresh, state
         if mapping.is_terminal(state.status):
             self.outputs.prefetch(state)
-        elif new and epoch_ends_in(fresh, state.job):
+        elif fresh and epoch_ends_in(fresh, state.job):
             self.outputs.prefetch_checkpoints(state.job_id)
-        return new, state
+        return fresh, state
 
     def sync_job(self, state: JobState, stats: CycleStats) -> None:
-        new, state = self._fetch(state)
-        stats.events += new
-        self._write(state, stats)
+        fresh, state = self._fetch(state)
+        self._write(state, stats, fresh)
 
-    def _write(self, state: JobState, stats: CycleStats) -> None:
-        """The W&B side of a job's sync (always on the calling thread)."""
+    def _write(self, state: JobState, stats: CycleStats, fresh: Sequence[Json] = ()) -> None:
+        """The store and W&B side of a job's sync (on the calling thread); errors raise."""
+        stats.events += self.store.add_events(state.job_id, fresh)
+        if self._prepare(state):
+            self._complete(state, *self._place([state])[state.job_id], stats)
+
+    def _write_many(
+        self,
+        read: Sequence[tuple[JobState, Sequence[Json]]],
+        stats: CycleStats,
+        refused: list[SinkUnavailable],
+    ) -> None:
+        """:meth:`_write` for the jobs whose reads are done, on this thread (the reading
+        threads only read the store: SQLite has one writer). Their new events are stored in
+        one transaction, then each run is made ready, then their pending rows are placed
+        in one transaction and handed to W&B job by job. A job that fails is left for a
+        later cycle; the others go on."""
+        jobs = [state.job_id for state, _ in read]
+        try:
+            stats.events += self.store.add_events_many(
+                [(state.job_id, fresh) for state, fresh in read]
+            )
+        except RetryableError as error:
+            for job_id in jobs:
+                self._failed(job_id, error, stats, refused)
+            return
+        ready: list[JobState] = []
+        for state, _ in read:
+            try:
+                if self._prepare(state):
+                    ready.append(state)
+                else:
+                    self._retrying.discard(state.job_id)
+            except (JobNotFound, RetryableError) as error:
+                self._failed(state.job_id, error, stats, refused)
+        try:
+            placed = self._place(ready)
+        except RetryableError as error:
+            for state in ready:
+                self._failed(state.job_id, error, stats, refused)
+            return
+        for state in ready:
+            try:
+                self._complete(state, *placed[state.job_id], stats)
+            except (JobNotFound, RetryableError) as error:
+                self._failed(state.job_id, error, stats, refused)
+            else:
+                self._retrying.discard(state.job_id)
+
+    def _prepare(self, state: JobState) -> bool:
+        """What comes before a job's rows are placed: its run opened (or resumed), its
+        links, dataset samples and result-file rows. False when it has no run to write."""
         job_id = state.job_id
         if not mapping.should_write_run(state.job, self.native_mode):
             self.store.set_run(job_id, "skipped")
             if mapping.is_terminal(state.status):
                 self._done_with(job_id)
                 self._final(job_id)
-            return
+            return False
         self._ensure_open(state)
         self.links.link(state, self._spec)
         if self.dataset_rows:
             self.outputs.datasets(state, self.dataset_rows, self._spec)
-        terminal = mapping.is_terminal(state.status)
         if state.status == "succeeded":
             self.outputs.result_files(state)
-        logged = self._log_pending(job_id, stats)
+        return True
+
+    def _place(
+        self, states: Sequence[JobState]
+    ) -> dict[str, tuple[list[StoredEvent], list[PlacedRow]]]:
+        """The jobs' pending events placed at their W&B steps, one transaction for all: the
+        steps are written (committed) before the rows go, so a crash in between sends them
+        again at these steps. For each job: its pending events and the rows to log."""
+        rows: dict[str, list[PlacedRow]] = {state.job_id: [] for state in states}
+
+        def place(job_id: str, pending: list[StoredEvent], last_step: int) -> dict[str, int]:
+            placed, placements = place_rows(pending, last_step)
+            rows[job_id].extend(placed)
+            return placements
+
+        pending = self.store.send_pending_many(list(rows), place)
+        return {job_id: (pending.get(job_id, []), rows[job_id]) for job_id in rows}
+
+    def _complete(
+        self,
+        state: JobState,
+        pending: list[StoredEvent],
+        placed: list[PlacedRow],
+        stats: CycleStats,
+    ) -> None:
+        """What comes after a job's rows are placed: the rows logged, checkpoints, summary,
+        and for a finished job its outputs and the run's end."""
+        job_id = state.job_id
+        terminal = mapping.is_terminal(state.status)
+        logged = self._log_placed(job_id, pending, placed, stats)
         if terminal or epoch_ended(logged, state.job):
             self.outputs.checkpoints(state)
         self.sink.update_summary(job_id, self._summary(state, logged))
@@ -511,27 +619,20 @@ class Bridge:
 
     def fetch_events(self, job_id: str) -> int:
         """Read events newest first until one already stored; store the new ones oldest first."""
-        return len(self._store_new_events(job_id))
+        return self.store.add_events(job_id, self._new_events(job_id))
 
-    def _store_new_events(self, job_id: str) -> list[Json]:
-        """Store the events not stored yet; return them, oldest first. The usual case, a first
-        page that reaches what was read before, costs one store transaction."""
+    def _new_events(self, job_id: str) -> list[Json]:
+        """The events not stored yet, oldest first: pages newest first until one reaches what
+        was stored before. The usual case, a first page that does, is one read of the store."""
         fresh: list[Json] = []
         last_new = self._last_new.get(job_id)
         first_page = None if last_new is None else max(FIRST_PAGE_MIN, 2 * last_new)
         for page in self.source.event_pages(job_id, first_page):
-            if not fresh:
-                stored = self.store.add_page_if_known(job_id, page)
-                if stored is not None:
-                    return self._hint(job_id, stored)
-                fresh.extend(page)
-                continue
             known = self.store.known_event_ids(job_id, [str(e["id"]) for e in page])
             fresh.extend(e for e in page if str(e["id"]) not in known)
             if known:
                 break
         fresh.reverse()
-        self.store.add_events(job_id, fresh)
         return self._hint(job_id, fresh)
 
     def _hint(self, job_id: str, fresh: list[Json]) -> list[Json]:
@@ -564,17 +665,13 @@ class Bridge:
             self.sink.update_config(state.job_id, spec.config)
             self.store.set_run(state.job_id, "open", config=spec.config)
 
-    def _log_pending(self, job_id: str, stats: CycleStats) -> list[StoredEvent]:
-        placed: list[PlacedRow] = []
-
-        def place(pending: list[StoredEvent], last_step: int) -> dict[str, int]:
-            rows, placements = place_rows(pending, last_step)
-            placed.extend(rows)
-            return placements
-
-        # The steps are written (committed) before the rows go: a crash in between sends
-        # them again at these steps.
-        pending = self.store.send_pending(job_id, place)
+    def _log_placed(
+        self,
+        job_id: str,
+        pending: list[StoredEvent],
+        placed: list[PlacedRow],
+        stats: CycleStats,
+    ) -> list[StoredEvent]:
         if not pending:
             return []
         if placed:

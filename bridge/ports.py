@@ -175,15 +175,17 @@ class StateStore(Protocol):
 
     def all_jobs(self) -> list[JobState]: ...
 
-    def known_event_ids(self, job_id: str, event_ids: Sequence[str]) -> set[str]: ...
+    def known_event_ids(self, job_id: str, event_ids: Sequence[str]) -> set[str]:
+        """Which of the ids the job has stored; called from the API-reading threads while
+        another thread writes, so it must not wait for the writer."""
+        ...
 
     def add_events(self, job_id: str, events: Sequence[Json]) -> int:
         """Append events, oldest first; those with a metrics step start as ``new``."""
         ...
 
-    def add_page_if_known(self, job_id: str, page: Sequence[Json]) -> list[Json] | None:
-        """One page of events, newest first: when it holds a stored one, store the rest
-        (oldest first) and return them; else store nothing and return None."""
+    def add_events_many(self, batch: Sequence[tuple[str, Sequence[Json]]]) -> int:
+        """:meth:`add_events` for several jobs (id, events) in one transaction."""
         ...
 
     def pending_events(self, job_id: str) -> list[StoredEvent]: ...
@@ -204,6 +206,15 @@ class StateStore(Protocol):
         transaction: ``place`` gets the pending events and the last W&B step and returns
         each event's W&B step, which is committed before this returns (and so before the
         rows are logged). Returns the pending events."""
+        ...
+
+    def send_pending_many(
+        self,
+        job_ids: Sequence[str],
+        place: Callable[[str, list[StoredEvent], int], Mapping[str, int]],
+    ) -> dict[str, list[StoredEvent]]:
+        """:meth:`send_pending` for several jobs in one transaction; ``place`` gets the job's
+        id first. Returns each job's pending events."""
         ...
 
     def mark_durable(self, job_id: str) -> None:

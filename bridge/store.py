@@ -74,6 +74,8 @@ def _job_state(row: sa.Row[Any]) -> JobState:
 ChangeHook = Callable[[Connection, StatusChange], object]
 #: Given a job's pending events and its last W&B step: the W&B step of each (by event id).
 Placer = Callable[[list[StoredEvent], int], Mapping[str, int]]
+#: The same, given the job's id first.
+JobPlacer = Callable[[str, list[StoredEvent], int], Mapping[str, int]]
 
 
 class SqlStore:
@@ -104,6 +106,17 @@ class SqlStore:
     def _tx(self) -> Iterator[Connection]:
         try:
             with self._turn, self._engine.begin() as conn:
+                yield conn
+        except sa.exc.SQLAlchemyError as error:
+            raise store_error(
+                self._engine, error, f"state store {self._url_shown} failed"
+            ) from None
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        """A connection for reads only, outside the writers' turn."""
+        try:
+            with self._engine.connect() as conn:
                 yield conn
         except sa.exc.SQLAlchemyError as error:
             raise store_error(
@@ -258,31 +271,26 @@ class SqlStore:
 
     # Events
     def known_event_ids(self, job_id: str, event_ids: Sequence[str]) -> set[str]:
+        """Read without taking the writers' turn: the API-reading threads call this while
+        the writer stores (SQLite's WAL lets readers run beside its one writer)."""
         if not event_ids:
             return set()
-        with self._tx() as conn:
+        with self._read() as conn:
             return self._known(conn, job_id, event_ids)
 
     def add_events(self, job_id: str, events: Sequence[Json]) -> int:
-        if not events:
+        return self.add_events_many([(job_id, events)])
+
+    def add_events_many(self, batch: Sequence[tuple[str, Sequence[Json]]]) -> int:
+        """Several jobs' new events (each job's oldest first) in one transaction."""
+        batch = [(job_id, events) for job_id, events in batch if events]
+        if not batch:
             return 0
         with self._tx() as conn:
-            known = self._known(conn, job_id, _ids(events))
-            return self._insert_new(conn, job_id, events, known)
-
-    def add_page_if_known(self, job_id: str, page: Sequence[Json]) -> list[Json] | None:
-        """A page of events newest first, in one transaction: when one of them is stored
-        already (the page reaches what was read before), store the others oldest first and
-        return them; else store nothing and return None (older pages must come first)."""
-        if not page:
-            return None
-        with self._tx() as conn:
-            known = self._known(conn, job_id, _ids(page))
-            if not known:
-                return None
-            fresh = [e for e in reversed(page) if str(e.get("id")) not in known]
-            self._insert_new(conn, job_id, fresh, known)
-        return fresh
+            return sum(
+                self._insert_new(conn, job_id, events, self._known(conn, job_id, _ids(events)))
+                for job_id, events in batch
+            )
 
     @staticmethod
     def _known(conn: Connection, job_id: str, event_ids: Sequence[str]) -> set[str]:
@@ -395,11 +403,24 @@ class SqlStore:
         conn.execute(statements.MARK_SENT, rows)
 
     def send_pending(self, job_id: str, place: Placer) -> list[StoredEvent]:
+        return self.send_pending_many([job_id], lambda _job, *args: place(*args))[job_id]
+
+    def send_pending_many(
+        self, job_ids: Sequence[str], place: JobPlacer
+    ) -> dict[str, list[StoredEvent]]:
+        """For each job: its pending events, placed at their W&B steps and marked sent (the
+        steps recorded), all in one transaction."""
+        sent: dict[str, list[StoredEvent]] = {}
+        if not job_ids:
+            return sent
         with self._tx() as conn:
-            pending = self._events_in(conn, job_id, "new")
-            if pending:
-                self._mark_sent(conn, job_id, place(pending, self._last_wandb_step(conn, job_id)))
-        return pending
+            for job_id in job_ids:
+                pending = self._events_in(conn, job_id, "new")
+                if pending:
+                    last = self._last_wandb_step(conn, job_id)
+                    self._mark_sent(conn, job_id, place(job_id, pending, last))
+                sent[job_id] = pending
+        return sent
 
     def mark_durable(self, job_id: str) -> None:
         with self._tx() as conn:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from bridge import entry
+from bridge import entry, schema
 from bridge.daemon import install_signal_handlers, run_daemon
 from bridge.engine import Bridge, CycleStats
 from bridge.errors import SinkUnavailable
@@ -263,28 +263,38 @@ def test_a_stale_snapshot_is_fetched_even_without_events(
     source.put_job(job("ftjob-old", status="cancelled", created_at=1))
     bridge.refresh_after = 0.0
     bridge.poll()
+    # Looked at after the cycle's reads: the change is recorded (and notified) in this
+    # cycle, the run finished in the next.
+    state = bridge.store.get_job("ftjob-old")
+    assert state is not None and state.status == "cancelled" and not state.synced
+    bridge.poll()
     state = bridge.store.get_job("ftjob-old")
     assert state is not None and state.status == "cancelled" and state.synced
 
 
-def test_a_page_reaching_stored_events_is_checked_and_stored_in_one_transaction(
+def test_the_reading_threads_check_stored_events_while_the_writer_holds_its_turn(
     tmp_path: Path,
 ) -> None:
+    """SQLite takes one writer at a time, so writes take turns; the known-events check the
+    API-reading threads make does not wait for the writer's turn (WAL readers run beside
+    it), and what the writer stores shows in it once committed."""
     store = SqlStore(f"sqlite:///{tmp_path / 's.db'}")
     store.record_job("openai", job("ftjob-a"))
     store.add_events("ftjob-a", [metrics("e1", 1), metrics("e2", 2)])
-    # Newest first, as the API pages them: nothing stored when no event of it is known.
-    assert store.add_page_if_known("ftjob-a", [metrics("e5", 5), metrics("e4", 4)]) is None
-    assert [e.event["id"] for e in store.pending_events("ftjob-a")] == ["e1", "e2"]
-    transactions: list[object] = []
-    sa.event.listen(store.engine, "begin", transactions.append)
-    stored = store.add_page_if_known(
-        "ftjob-a", [metrics("e4", 4), metrics("e3", 3), metrics("e2", 2)]
-    )
-    assert [e["id"] for e in stored or []] == ["e3", "e4"]
-    assert len(transactions) == 1
-    assert [e.event["id"] for e in store.pending_events("ftjob-a")] == ["e1", "e2", "e3", "e4"]
-    assert store.add_page_if_known("ftjob-a", [metrics("e4", 4)]) == []
+    seen: list[set[str]] = []
+    with store._tx() as conn:  # the writer's turn, a write under way
+        conn.execute(
+            sa.update(schema.jobs).where(schema.jobs.c.job_id == "ftjob-a").values(synced=False)
+        )
+        reader = threading.Thread(
+            target=lambda: seen.append(store.known_event_ids("ftjob-a", ["e3", "e2", "e1"]))
+        )
+        reader.start()
+        reader.join(timeout=10)
+        assert not reader.is_alive(), "the known-events check waited for the writer"
+    assert seen == [{"e1", "e2"}]
+    assert store.add_events("ftjob-a", [metrics("e2", 2), metrics("e3", 3)]) == 1
+    assert store.known_event_ids("ftjob-a", ["e3", "e4"]) == {"e3"}
 
 
 def test_a_cycle_longer_than_the_interval_is_followed_at_once_by_the_next(
