@@ -224,11 +224,11 @@ class Bridge:
     def _look_at_stale(self, seen: set[str], *, full: bool = False) -> set[str]:
         """Unsynced jobs ``seen`` left out and not looked at for a while: listed again
         (every page) when that costs fewer requests than getting each of them."""
-        stale = [
-            state.job_id
-            for state in self.store.unsynced_jobs(self.source.name)
-            if state.job_id not in seen and self._stale(state)
-        ]
+        stale = sorted(
+            job_id
+            for job_id in self.store.unsynced_ids(self.source.name) - seen
+            if self._stale(job_id)
+        )
         if not full and len(stale) > 1 and len(stale) > 1 + len(self.store.all_jobs()) // LIST_PAGE:
             # Listing every page costs fewer requests than getting each of them.
             seen.update(str(job["id"]) for job in self._listed_jobs(full=True))
@@ -246,10 +246,10 @@ class Bridge:
                 self.store.quarantine(self.source.name, job_id, reason)
                 self._quarantine_kept.add(job_id)
 
-    def _stale(self, state: JobState) -> bool:
+    def _stale(self, job_id: str) -> bool:
         """A job off the listed pages is fetched by itself only now and then: a status change
         comes with an event, which triggers a fetch at once (see ``_fetch``)."""
-        fetched = self._fetched_at.get(state.job_id)
+        fetched = self._fetched_at.get(job_id)
         return fetched is None or time.monotonic() - fetched > self.refresh_after
 
     def _listed_jobs(self, full: bool) -> Iterator[Json]:

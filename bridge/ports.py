@@ -173,6 +173,10 @@ class StateStore(Protocol):
 
     def unsynced_jobs(self, source: str | None = None) -> list[JobState]: ...
 
+    def unsynced_ids(self, source: str) -> set[str]:
+        """The ids of the source's unsynced jobs (their snapshots not read)."""
+        ...
+
     def all_jobs(self) -> list[JobState]: ...
 
     def known_event_ids(self, job_id: str, event_ids: Sequence[str]) -> set[str]:

@@ -21,16 +21,8 @@ KNOWN_IDS = sa.select(_e.c.event_id).where(
     _e.c.job_id == _JOB, _e.c.event_id.in_(sa.bindparam("b_ids", expanding=True))
 )
 
-#: The next event sequence number of job ``b_job``.
-NEXT_SEQ = sa.select(_j.c.next_seq).where(_j.c.job_id == _JOB)
-
 #: Set the next event sequence number of job ``b_job`` to ``b_seq``.
 SET_NEXT_SEQ = _j.update().where(_j.c.job_id == _JOB).values(next_seq=sa.bindparam("b_seq"))
-
-#: The steps of job ``b_job`` that its result file filled in (events ``result:<file>:<step>``).
-FILLED_STEPS = sa.select(_e.c.step).where(
-    _e.c.job_id == _JOB, _e.c.event_id.like("result:%"), _e.c.step.is_not(None)
-)
 
 #: Insert events (executemany with every column given).
 INSERT_EVENTS = _e.insert()
@@ -64,4 +56,27 @@ MARK_SENT = (
     _e.update()
     .where(_e.c.job_id == _JOB, _e.c.event_id == sa.bindparam("b_event"))
     .values(state="sent", wandb_step=sa.bindparam("b_at"))
+)
+
+# The same for a batch of jobs (``b_jobs``, expanding): one statement for all of them.
+_JOBS: sa.BindParameter[list[str]] = sa.bindparam("b_jobs", expanding=True)
+
+#: (job_id, next_seq) of the batch's jobs.
+NEXT_SEQS = sa.select(_j.c.job_id, _j.c.next_seq).where(_j.c.job_id.in_(_JOBS))
+
+#: (job_id, step) that the batch's jobs' result files filled in.
+FILLED_STEPS_OF = sa.select(_e.c.job_id, _e.c.step).where(
+    _e.c.job_id.in_(_JOBS), _e.c.event_id.like("result:%"), _e.c.step.is_not(None)
+)
+
+#: The batch's events in state ``b_state``, by job, in the order they were stored.
+EVENTS_IN_STATE_OF = (
+    sa.select(_e)
+    .where(_e.c.job_id.in_(_JOBS), _e.c.state == sa.bindparam("b_state"))
+    .order_by(_e.c.job_id, _e.c.seq)
+)
+
+#: The ids of unsynced jobs of source ``b_source``.
+UNSYNCED_IDS = sa.select(_j.c.job_id).where(
+    _j.c.synced.is_(False), _j.c.source == sa.bindparam("b_source")
 )

@@ -72,6 +72,8 @@ def _job_state(row: sa.Row[Any]) -> JobState:
 
 
 ChangeHook = Callable[[Connection, StatusChange], object]
+#: Jobs, and event ids, bound in one statement of a batch.
+BATCH_JOBS, BATCH_IDS = 100, 500
 #: Given a job's pending events and its last W&B step: the W&B step of each (by event id).
 Placer = Callable[[list[StoredEvent], int], Mapping[str, int]]
 #: The same, given the job's id first.
@@ -234,6 +236,11 @@ class SqlStore:
             ).all()
         return [_job_state(r) for r in rows]
 
+    def unsynced_ids(self, source: str) -> set[str]:
+        """The ids of :meth:`unsynced_jobs` (without reading their snapshots)."""
+        with self._read() as conn:
+            return set(conn.execute(statements.UNSYNCED_IDS, {"b_source": source}).scalars())
+
     def jobs_with_open_runs(self) -> list[JobState]:
         with self._tx() as conn:
             rows = conn.execute(
@@ -282,15 +289,13 @@ class SqlStore:
         return self.add_events_many([(job_id, events)])
 
     def add_events_many(self, batch: Sequence[tuple[str, Sequence[Json]]]) -> int:
-        """Several jobs' new events (each job's oldest first) in one transaction."""
+        """Several jobs' new events (each job's oldest first) in one transaction, with a
+        few statements for every ``BATCH_JOBS`` jobs (not a few for every job)."""
         batch = [(job_id, events) for job_id, events in batch if events]
         if not batch:
             return 0
         with self._tx() as conn:
-            return sum(
-                self._insert_new(conn, job_id, events, self._known(conn, job_id, _ids(events)))
-                for job_id, events in batch
-            )
+            return sum(self._insert_new(conn, part) for part in _job_chunks(batch))
 
     @staticmethod
     def _known(conn: Connection, job_id: str, event_ids: Sequence[str]) -> set[str]:
@@ -298,48 +303,35 @@ class SqlStore:
         found = conn.execute(statements.KNOWN_IDS, {"b_job": job_id, "b_ids": list(event_ids)})
         return set(found.scalars())
 
-    def _insert_new(
-        self, conn: Connection, job_id: str, events: Sequence[Json], known: set[str]
-    ) -> int:
-        """Store the events (oldest first) not in ``known``; the number stored."""
-        if all(str(e.get("id")) in known for e in events):
-            return 0
-        next_seq = conn.execute(statements.NEXT_SEQ, {"b_job": job_id}).scalar_one()
-        known = set(known)
-        filled = self._filled_steps(conn, job_id)
+    def _insert_new(self, conn: Connection, batch: Sequence[tuple[str, Sequence[Json]]]) -> int:
+        """Store the events (each job's oldest first) not stored yet; the number stored."""
+        jobs = list(dict.fromkeys(job_id for job_id, _ in batch))
+        # Each job's own lookup: one statement for all (jobs x ids) probes every pair.
+        known = {job_id: set[str]() for job_id in jobs}
+        for job_id, events in batch:
+            known[job_id] |= self._known(conn, job_id, _ids(events))
+        seqs = dict(conn.execute(statements.NEXT_SEQS, {"b_jobs": jobs}).tuples().all())
+        filled: dict[str, set[int]] = {job_id: set() for job_id in jobs}
+        for job_id, step in conn.execute(statements.FILLED_STEPS_OF, {"b_jobs": jobs}).tuples():
+            filled[job_id].add(int(step))
         rows: list[dict[str, Any]] = []
-        for event in events:
-            event_id = str(event.get("id"))
-            if event_id in known:
-                continue
-            known.add(event_id)
-            step = mapping.step_of(event)
-            # A step the result file filled in is in W&B already: its event, read late
-            # (after a restart, say), is kept but not logged a second time.
-            state: EventState = "new" if step is not None and step not in filled else "none"
-            created = event.get("created_at")
-            rows.append(
-                {
-                    "job_id": job_id,
-                    "event_id": event_id,
-                    "seq": next_seq + len(rows),
-                    "created_at": created if isinstance(created, int) else None,
-                    "type": str(event.get("type"))[:64],
-                    "step": step,
-                    "state": state,
-                    "payload": _dumps(event),
-                }
+        for job_id, events in batch:
+            if job_id not in seqs:
+                raise sa.exc.NoResultFound(f"events of job {job_id}, which is not stored")
+            for event in events:
+                event_id = str(event.get("id"))
+                if event_id in known[job_id]:
+                    continue
+                known[job_id].add(event_id)
+                rows.append(_event_row(job_id, event_id, event, seqs[job_id], filled[job_id]))
+                seqs[job_id] += 1
+        if rows:
+            conn.execute(statements.INSERT_EVENTS, rows)
+            moved = {row["job_id"] for row in rows}
+            conn.execute(
+                statements.SET_NEXT_SEQ, [{"b_job": j, "b_seq": seqs[j]} for j in sorted(moved)]
             )
-        conn.execute(statements.INSERT_EVENTS, rows)
-        conn.execute(statements.SET_NEXT_SEQ, {"b_job": job_id, "b_seq": next_seq + len(rows)})
         return len(rows)
-
-    @staticmethod
-    def _filled_steps(conn: Connection, job_id: str) -> set[int]:
-        """Steps whose row came from the job's result file (events ``result:<file>:<step>``)."""
-        return {
-            int(step) for step in conn.execute(statements.FILLED_STEPS, {"b_job": job_id}).scalars()
-        }
 
     def pending_events(self, job_id: str) -> list[StoredEvent]:
         return self._events(job_id, "new")
@@ -359,18 +351,7 @@ class SqlStore:
             rows = conn.execute(
                 statements.EVENTS_IN_STATE, {"b_job": job_id, "b_state": state}
             ).all()
-        return [
-            StoredEvent(
-                job_id=r.job_id,
-                event_id=r.event_id,
-                seq=r.seq,
-                step=r.step,
-                event=json.loads(r.payload),
-                state=cast(EventState, r.state),
-                wandb_step=r.wandb_step,
-            )
-            for r in rows
-        ]
+        return [_stored_event(r) for r in rows]
 
     def event_steps(self, job_id: str) -> set[int]:
         e = schema.events
@@ -409,18 +390,38 @@ class SqlStore:
         self, job_ids: Sequence[str], place: JobPlacer
     ) -> dict[str, list[StoredEvent]]:
         """For each job: its pending events, placed at their W&B steps and marked sent (the
-        steps recorded), all in one transaction."""
+        steps recorded), all in one transaction, a few statements per ``BATCH_JOBS`` jobs."""
         sent: dict[str, list[StoredEvent]] = {}
-        if not job_ids:
+        jobs = list(dict.fromkeys(job_ids))
+        if not jobs:
             return sent
         with self._tx() as conn:
-            for job_id in job_ids:
-                pending = self._events_in(conn, job_id, "new")
-                if pending:
-                    last = self._last_wandb_step(conn, job_id)
-                    self._mark_sent(conn, job_id, place(job_id, pending, last))
-                sent[job_id] = pending
+            for start in range(0, len(jobs), BATCH_JOBS):
+                part = jobs[start : start + BATCH_JOBS]
+                sent.update(self._send_pending(conn, part, place))
         return sent
+
+    @staticmethod
+    def _send_pending(
+        conn: Connection, jobs: list[str], place: JobPlacer
+    ) -> dict[str, list[StoredEvent]]:
+        pending: dict[str, list[StoredEvent]] = {job_id: [] for job_id in jobs}
+        rows = conn.execute(statements.EVENTS_IN_STATE_OF, {"b_jobs": jobs, "b_state": "new"})
+        for row in rows:
+            pending[row.job_id].append(_stored_event(row))
+        waiting = [job_id for job_id in jobs if pending[job_id]]
+        if not waiting:
+            return pending
+        marks: list[dict[str, Any]] = []
+        for job_id in waiting:
+            # Each job's own lookup: its highest steps come off the index, where one
+            # statement grouping the batch by job would read every row of every job.
+            last = SqlStore._last_wandb_step(conn, job_id)
+            placed = place(job_id, pending[job_id], last)
+            marks.extend({"b_job": job_id, "b_event": k, "b_at": at} for k, at in placed.items())
+        if marks:
+            conn.execute(statements.MARK_SENT, marks)
+        return pending
 
     def mark_durable(self, job_id: str) -> None:
         with self._tx() as conn:
@@ -559,6 +560,55 @@ class SqlStore:
 
     def close(self) -> None:
         self._engine.dispose()
+
+
+def _job_chunks(
+    batch: Sequence[tuple[str, Sequence[Json]]],
+) -> Iterator[list[tuple[str, Sequence[Json]]]]:
+    """The batch in parts of at most ``BATCH_JOBS`` jobs and (unless one job has more)
+    ``BATCH_IDS`` events: bounded lists of bound values in every statement."""
+    part: list[tuple[str, Sequence[Json]]] = []
+    events = 0
+    for item in batch:
+        if part and (len(part) >= BATCH_JOBS or events + len(item[1]) > BATCH_IDS):
+            yield part
+            part, events = [], 0
+        part.append(item)
+        events += len(item[1])
+    if part:
+        yield part
+
+
+def _event_row(
+    job_id: str, event_id: str, event: Json, seq: int, filled: set[int]
+) -> dict[str, Any]:
+    step = mapping.step_of(event)
+    # A step the result file filled in is in W&B already: its event, read late (after a
+    # restart, say), is kept but not logged a second time.
+    state: EventState = "new" if step is not None and step not in filled else "none"
+    created = event.get("created_at")
+    return {
+        "job_id": job_id,
+        "event_id": event_id,
+        "seq": seq,
+        "created_at": created if isinstance(created, int) else None,
+        "type": str(event.get("type"))[:64],
+        "step": step,
+        "state": state,
+        "payload": _dumps(event),
+    }
+
+
+def _stored_event(r: sa.Row[Any]) -> StoredEvent:
+    return StoredEvent(
+        job_id=r.job_id,
+        event_id=r.event_id,
+        seq=r.seq,
+        step=r.step,
+        event=json.loads(r.payload),
+        state=cast(EventState, r.state),
+        wandb_step=r.wandb_step,
+    )
 
 
 def _ids(events: Sequence[Json]) -> list[str]:
