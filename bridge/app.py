@@ -17,6 +17,7 @@ from bridge.evals.sampler import Sampler
 from bridge.group import BridgeGroup
 from bridge.health import CycleReadiness, HealthServer, max_cycle_age, store_ping
 from bridge.leases import Leases
+from bridge.malloc import limit_arenas
 from bridge.mapping import WandbDefaults
 from bridge.metrics import BridgeMetrics, Watched
 from bridge.notify import OutboxWriter, dispatcher_for, release_notifications, targets_of
@@ -56,6 +57,7 @@ def build_bridge(
     ``job_budget``: seconds a cycle waits for one job's reads (the daemon's; None for a
     one-shot sync, which waits for every job); ``claim_lock=False`` for a writer process of
     a sync, whose parent holds the SQLite lock (``bridge.writers``)."""
+    limit_arenas(settings.malloc_arenas)  # before the reading threads start
     configs = source_configs(settings)
     routes = routes_of(settings)
     env = os.environ if environ is None else environ

@@ -91,6 +91,8 @@ class Settings(BaseSettings):
     status_token: SecretStr | None = None
     # Threads reading the API; 0: sized each cycle to the API's latency (up to 64).
     fetch_workers: int = Field(default=0, ge=0, le=128)
+    # glibc malloc arenas for the bridge's threads; 0: glibc's default (8 per core).
+    malloc_arenas: int = Field(default=2, ge=0, le=64)
     # Processes writing a backfill (sync), each with its own wandb-core; 0: one per core.
     sync_writers: int = Field(default=0, ge=0, le=16)
     lease_seconds: float = _seconds(30.0, low=3, high=600, low_inclusive=True)

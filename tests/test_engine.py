@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import platform
 import signal
 import threading
 import time
@@ -17,8 +18,10 @@ from bridge import entry, schema
 from bridge.daemon import install_signal_handlers, run_daemon
 from bridge.engine import Bridge, CycleStats
 from bridge.errors import SinkUnavailable
+from bridge.malloc import limit_arenas
 from bridge.mapping import WandbDefaults
 from bridge.memory import MemorySink, MemorySource
+from bridge.ports import StoredEvent
 from bridge.store import SqlStore
 from tests.factories import job, message, metrics
 
@@ -295,6 +298,63 @@ def test_the_reading_threads_check_stored_events_while_the_writer_holds_its_turn
     assert seen == [{"e1", "e2"}]
     assert store.add_events("ftjob-a", [metrics("e2", 2), metrics("e3", 3)]) == 1
     assert store.known_event_ids("ftjob-a", ["e3", "e4"]) == {"e3"}
+
+
+def test_a_batch_of_jobs_is_stored_and_placed_as_each_job_alone_would_be(
+    tmp_path: Path,
+) -> None:
+    """The writer's batch statements give every job what its own calls would: events once
+    each (in order, known ones and repeats left out), its own sequence numbers, and its own
+    W&B steps after its highest one."""
+    store = SqlStore(f"sqlite:///{tmp_path / 's.db'}")
+    for job_id in ("ftjob-a", "ftjob-b", "ftjob-c"):
+        store.record_job("openai", job(job_id))
+    store.add_events("ftjob-a", [metrics("a1", 1), metrics("a2", 2)])
+    store.send_pending(
+        "ftjob-a", lambda pending, last: {e.event_id: last + 1 + i for i, e in enumerate(pending)}
+    )
+    stored = store.add_events_many(
+        [
+            ("ftjob-a", [metrics("a2", 2), metrics("a3", 3)]),
+            ("ftjob-b", [metrics("b1", 1), metrics("b1", 1), metrics("b2", 2)]),
+            ("ftjob-c", []),
+            ("ftjob-a", [metrics("a4", 4)]),
+        ]
+    )
+    assert stored == 4
+    assert [(e.event_id, e.seq) for e in store.events("ftjob-a")] == [
+        ("a1", 0),
+        ("a2", 1),
+        ("a3", 2),
+        ("a4", 3),
+    ]
+    assert [(e.event_id, e.seq) for e in store.events("ftjob-b")] == [("b1", 0), ("b2", 1)]
+    lasts: dict[str, int] = {}
+
+    def place(job_id: str, pending: list[StoredEvent], last: int) -> dict[str, int]:
+        lasts[job_id] = last
+        return {e.event_id: last + 1 + i for i, e in enumerate(pending)}
+
+    sent = store.send_pending_many(["ftjob-a", "ftjob-b", "ftjob-c"], place)
+    assert {job_id: [e.event_id for e in events] for job_id, events in sent.items()} == {
+        "ftjob-a": ["a3", "a4"],
+        "ftjob-b": ["b1", "b2"],
+        "ftjob-c": [],
+    }
+    assert lasts == {"ftjob-a": 1, "ftjob-b": -1}
+    assert store.last_wandb_step("ftjob-a") == 3 and store.last_wandb_step("ftjob-b") == 1
+    assert store.pending_events("ftjob-a") == store.pending_events("ftjob-b") == []
+
+
+def test_the_malloc_arena_cap_is_set_on_glibc_and_left_to_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert limit_arenas(0) is False
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert limit_arenas(2) is False  # the operator's own setting wins
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    if platform.libc_ver()[0] == "glibc":
+        assert limit_arenas(2) is True
 
 
 def test_a_cycle_longer_than_the_interval_is_followed_at_once_by_the_next(
