@@ -72,8 +72,8 @@ def _job_state(row: sa.Row[Any]) -> JobState:
 
 
 ChangeHook = Callable[[Connection, StatusChange], object]
-#: Jobs, and event ids, bound in one statement of a batch.
-BATCH_JOBS, BATCH_IDS = 100, 500
+#: Jobs bound in one statement of a batch (``b_jobs``, expanding).
+BATCH_JOBS = 100
 #: Given a job's pending events and its last W&B step: the W&B step of each (by event id).
 Placer = Callable[[list[StoredEvent], int], Mapping[str, int]]
 #: The same, given the job's id first.
@@ -106,20 +106,20 @@ class SqlStore:
 
     @contextmanager
     def _tx(self) -> Iterator[Connection]:
-        try:
-            with self._turn, self._engine.begin() as conn:
-                yield conn
-        except sa.exc.SQLAlchemyError as error:
-            raise store_error(
-                self._engine, error, f"state store {self._url_shown} failed"
-            ) from None
+        with self._failures(), self._turn, self._engine.begin() as conn:
+            yield conn
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
         """A connection for reads only, outside the writers' turn."""
+        with self._failures(), self._engine.connect() as conn:
+            yield conn
+
+    @contextmanager
+    def _failures(self) -> Iterator[None]:
+        """SQLAlchemy's errors as the store's (retryable or not, the URL without password)."""
         try:
-            with self._engine.connect() as conn:
-                yield conn
+            yield
         except sa.exc.SQLAlchemyError as error:
             raise store_error(
                 self._engine, error, f"state store {self._url_shown} failed"
@@ -295,7 +295,10 @@ class SqlStore:
         if not batch:
             return 0
         with self._tx() as conn:
-            return sum(self._insert_new(conn, part) for part in _job_chunks(batch))
+            return sum(
+                self._insert_new(conn, batch[start : start + BATCH_JOBS])
+                for start in range(0, len(batch), BATCH_JOBS)
+            )
 
     @staticmethod
     def _known(conn: Connection, job_id: str, event_ids: Sequence[str]) -> set[str]:
@@ -409,11 +412,10 @@ class SqlStore:
         rows = conn.execute(statements.EVENTS_IN_STATE_OF, {"b_jobs": jobs, "b_state": "new"})
         for row in rows:
             pending[row.job_id].append(_stored_event(row))
-        waiting = [job_id for job_id in jobs if pending[job_id]]
-        if not waiting:
-            return pending
         marks: list[dict[str, Any]] = []
-        for job_id in waiting:
+        for job_id in jobs:
+            if not pending[job_id]:
+                continue
             # Each job's own lookup: its highest steps come off the index, where one
             # statement grouping the batch by job would read every row of every job.
             last = SqlStore._last_wandb_step(conn, job_id)
@@ -560,23 +562,6 @@ class SqlStore:
 
     def close(self) -> None:
         self._engine.dispose()
-
-
-def _job_chunks(
-    batch: Sequence[tuple[str, Sequence[Json]]],
-) -> Iterator[list[tuple[str, Sequence[Json]]]]:
-    """The batch in parts of at most ``BATCH_JOBS`` jobs and (unless one job has more)
-    ``BATCH_IDS`` events: bounded lists of bound values in every statement."""
-    part: list[tuple[str, Sequence[Json]]] = []
-    events = 0
-    for item in batch:
-        if part and (len(part) >= BATCH_JOBS or events + len(item[1]) > BATCH_IDS):
-            yield part
-            part, events = [], 0
-        part.append(item)
-        events += len(item[1])
-    if part:
-        yield part
 
 
 def _event_row(

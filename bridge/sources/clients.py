@@ -30,7 +30,6 @@ class ClientPool(Generic[C]):
         self._make = make
         self._idle: list[C] = [] if first is None else [first]
         self._lock = threading.Lock()
-        self.made = 0 if first is None else 1
 
     @contextmanager
     def lend(self) -> Iterator[C]:
@@ -38,17 +37,11 @@ class ClientPool(Generic[C]):
             client = self._idle.pop() if self._idle else None
         if client is None:
             client = self._make()
-            with self._lock:
-                self.made += 1
         try:
             yield client
         finally:
             with self._lock:
                 self._idle.append(client)
-
-    def idle(self) -> list[C]:
-        with self._lock:
-            return list(self._idle)
 
 
 def openai_pool(client: openai.OpenAI) -> ClientPool[openai.OpenAI]:
