@@ -363,6 +363,7 @@ def sync_once(
                         replica_id=bridge.leases.owner,
                         config=writers.config,
                         shutdown_timeout=writers.shutdown_timeout,
+                        timings=bridge.timings(),
                     ) as pool:
                         bridge.sync_unsynced(stats, progress.advance, only=set(shares[0]))
                         pool.wait(stats, bridge.stopping)

@@ -364,6 +364,17 @@ class Bridge:
             # trying every job again (each up to the init timeout) on every cycle.
             raise refused[0]
 
+    def timings(self) -> dict[str, float]:
+        """Seconds one API request took, by source (none before a listing was timed): for
+        the writer processes of a backfill, which list nothing themselves."""
+        return {} if self._request_seconds is None else {self.source.name: self._request_seconds}
+
+    def assume_timings(self, timings: Mapping[str, float]) -> None:
+        """Size the first reads on another process's :meth:`timings` (its own come after)."""
+        seconds = timings.get(self.source.name)
+        if self._request_seconds is None and seconds is not None:
+            self._request_seconds = seconds
+
     def reading_threads(self, jobs: Sequence[JobState]) -> int:
         """Threads for this cycle's API reads: ``fetch_workers`` when set; else enough for
         the reads to be done within ``READ_SPAN`` (Little's law on what the last reads

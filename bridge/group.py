@@ -4,7 +4,7 @@ the dispatcher and the stop flag; polled one after another in each cycle."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 import structlog
 
@@ -87,6 +87,13 @@ class BridgeGroup:
     ) -> None:
         for bridge in self.bridges:
             bridge.sync_unsynced(stats, on_job, only=only)
+
+    def timings(self) -> dict[str, float]:
+        return {name: s for bridge in self.bridges for name, s in bridge.timings().items()}
+
+    def assume_timings(self, timings: Mapping[str, float]) -> None:
+        for bridge in self.bridges:
+            bridge.assume_timings(timings)
 
     def sync_one(self, job_id: str, stats: CycleStats) -> None:
         for bridge in self.bridges:

@@ -24,7 +24,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -62,11 +62,15 @@ class WriterPool:
         replica_id: str,
         config: Path | None,
         shutdown_timeout: float,
+        timings: Mapping[str, float] | None = None,
     ) -> None:
         self._shares = [list(share) for share in shares if share]
         self._replica_id = replica_id
         self._config = config
         self._shutdown_timeout = shutdown_timeout
+        # The parent's API request times: a writer lists nothing, and sizes its first reads
+        # on these (without them it would start with the fewest reading threads).
+        self._timings = dict(timings or {})
         self._tmp = tempfile.TemporaryDirectory(prefix="ftbridge-writers-")
         self._procs: list[tuple[subprocess.Popen[bytes], Path]] = []
 
@@ -79,6 +83,7 @@ class WriterPool:
             figures = folder / f"stats-{index}.json"
             command = [sys.executable, "-m", "bridge.writers", "--parent", str(os.getpid())]
             command += ["--jobs", str(jobs), "--stats", str(figures)]
+            command += ["--timings", json.dumps(self._timings)]
             if self._config is not None:
                 command += ["--config", str(self._config)]
             self._procs.append((subprocess.Popen(command, env=env), figures))
@@ -161,12 +166,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--jobs", type=Path, required=True)
     parser.add_argument("--stats", type=Path, required=True)
     parser.add_argument("--config", type=Path)
+    parser.add_argument("--timings", type=json.loads, default={})
     args = parser.parse_args(argv)
     die_with_parent(args.parent)
     settings = load_settings(args.config)
     configure_logging(level=settings.log_level, fmt=settings.log_format)
     bridge = build_bridge(settings, claim_lock=False)
     install_signal_handlers(bridge.stopping)
+    bridge.assume_timings(args.timings)
     only = set(json.loads(args.jobs.read_text(encoding="utf-8")))
     stats = CycleStats()
     try:

@@ -410,3 +410,24 @@ def test_a_ctrl_c_swallowed_during_start_up_still_stops_the_daemon() -> None:
         entry.interrupted_early()
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
+
+
+def test_a_writer_process_sizes_its_first_reads_on_the_parents_timings(
+    source: MemorySource, tmp_path: Path
+) -> None:
+    """A backfill's writer lists nothing itself: without the parent's request time it would
+    read its share with the fewest threads, one slow request after another."""
+    for i in range(100):
+        source.put_job(job(f"ftjob-{i}", status="succeeded", created_at=1000 + i))
+    parent = make_bridge(source, MemorySink(), tmp_path / "s.db")
+    assert parent.timings() == {}, "nothing timed yet"
+    parent.discover(full=True)
+    assert set(parent.timings()) == {source.name}
+    writer = make_bridge(source, MemorySink(), tmp_path / "s.db")
+    jobs = writer.store.unsynced_jobs()
+    assert writer.reading_threads(jobs) == 4
+    writer.assume_timings({source.name: 0.15, "another-source": 9.0})
+    # 100 finished jobs x 5 requests x 150 ms, to be read within a second: the most threads.
+    assert writer.reading_threads(jobs) == 64
+    writer.assume_timings({source.name: 0.001})
+    assert writer.reading_threads(jobs) == 64, "its own timings are not overwritten"

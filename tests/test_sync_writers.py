@@ -3,6 +3,7 @@ written once, and a kill of the sync kills its writers too, repaired by the next
 
 from __future__ import annotations
 
+import json
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -89,6 +90,9 @@ def test_a_killed_sync_takes_its_writers_and_the_next_one_completes(
     wait_until(lambda: bool(_writer_pids(proc.pid)), 60, "a writer started")
     wait_until(lambda: bridge.raw_log().count('"run.opened"') >= 4, 120, "runs opened")
     writers = _writer_pids(proc.pid)
+    argv = Path(f"/proc/{writers[0]}/cmdline").read_bytes().decode().split("\0")
+    timings = json.loads(argv[argv.index("--timings") + 1])
+    assert set(timings) == {"openai"} and timings["openai"] > 0, "the parent's request time"
     proc.send_signal(signal.SIGKILL)  # the parent alone, as the OOM killer would
     proc.wait(timeout=30)
     wait_until(lambda: not any(Path(f"/proc/{p}").exists() for p in writers), 30, "writers gone")
