@@ -472,8 +472,7 @@ class Bridge:
         """Close the job's run segment here and give up its lease, for another replica."""
         if self.sink.is_open(job_id):
             self.sink.finish(job_id, mapping.PREEMPTED_EXIT_CODE, preempted=True)
-            self.store.mark_durable(job_id)
-            self.store.set_run(job_id, "closed")
+            self.store.close_run(job_id, "closed")
         if self.leases is not None:
             self.leases.release([f"job:{job_id}"])
         log.info("job.handed_back", job_id=job_id, replica=self._replica)
@@ -616,8 +615,7 @@ class Bridge:
             if self.sampler is not None:
                 self.sampler.run(state)
             self.sink.finish(job_id, mapping.exit_code(state.status))
-            self.store.mark_durable(job_id)
-            self.store.set_run(job_id, "finished")
+            self.store.close_run(job_id, "finished")
             self._done_with(job_id)
             self._final(job_id)
             self.links.link_children(state, self._spec)
@@ -727,8 +725,7 @@ class Bridge:
             except SinkUnavailable as error:
                 log.warning("run.finish_failed", job_id=run_id, error=str(error))
                 continue
-            self.store.mark_durable(run_id)
-            self.store.set_run(run_id, "closed")
+            self.store.close_run(run_id, "closed")
 
     def _finalize(self, state: JobState) -> bool:
         """Write a terminal job's run to its end now (at shutdown); False if that failed

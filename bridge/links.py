@@ -81,9 +81,7 @@ class Links:
         if made is not None and made.run_state == "finished":
             path = lineage.artifact_path(parent, spec_of(made.job))
             self.sink.use_artifact(run_id, path, "model")
-        current = self.store.get_job(run_id)
-        segment = current.run_segment if current else None
-        self.store.mark_artifact(run_id, lineage.link_key(parent), segment)
+        self.store.mark_artifact(run_id, lineage.link_key(parent))
         log.info("lineage.linked", job_id=run_id, parent=parent.job_id, artifact=parent.artifact)
 
     def link_children(self, parent_state: JobState, spec_of: SpecOf) -> None:

@@ -112,12 +112,8 @@ class Outputs:
         if spec.key in done:
             return
         self.sink.log_artifact(state.job_id, spec)
-        self.store.mark_artifact(state.job_id, spec.key, self._segment(state.job_id))
+        self.store.mark_artifact(state.job_id, spec.key)
         done.add(spec.key)
-
-    def _segment(self, job_id: str) -> str | None:
-        current = self.store.get_job(job_id)
-        return current.run_segment if current else None
 
     def checkpoints(self, state: JobState) -> int:
         done = self.store.logged_artifacts(state.job_id)
@@ -188,7 +184,7 @@ class Outputs:
                 "dataset.not_in_wandb", job_id=state.job_id, artifact=path, error=str(error)
             )
             return False
-        self.store.mark_artifact(state.job_id, datasets.use_key(name), self._segment(state.job_id))
+        self.store.mark_artifact(state.job_id, datasets.use_key(name))
         log.info("dataset.used", job_id=state.job_id, artifact=name, logged_by=holder)
         return True
 

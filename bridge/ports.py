@@ -221,8 +221,9 @@ class StateStore(Protocol):
         id first. Returns each job's pending events."""
         ...
 
-    def mark_durable(self, job_id: str) -> None:
-        """Everything sent so far is on disk (the run segment was finished)."""
+    def close_run(self, job_id: str, run_state: RunState) -> None:
+        """The run segment was finished: everything sent so far is on disk, and the run is
+        in ``run_state`` (``closed`` or ``finished``); one transaction."""
         ...
 
     def recover_segment(self, job_id: str, durable_steps: set[int]) -> int:
@@ -249,7 +250,10 @@ class StateStore(Protocol):
 
     def logged_artifacts(self, job_id: str) -> set[str]: ...
 
-    def mark_artifact(self, job_id: str, key: str, segment: str | None) -> None: ...
+    def mark_artifact(self, job_id: str, key: str, *, in_segment: bool = True) -> None:
+        """Artifact ``key`` given for the job: in its current run segment (given again if
+        that segment is lost), or for good (``in_segment=False``)."""
+        ...
 
     def artifact_holder(self, key: str) -> str | None:
         """The job whose run logged the artifact ``key`` first (of any job), or None."""

@@ -80,3 +80,22 @@ EVENTS_IN_STATE_OF = (
 UNSYNCED_IDS = sa.select(_j.c.job_id).where(
     _j.c.synced.is_(False), _j.c.source == sa.bindparam("b_source")
 )
+
+#: Artifact ``b_key`` of job ``b_job`` given at ``b_at`` in the job's current run segment
+#: (read in the same statement: no snapshot to load for it).
+MARK_ARTIFACT_IN_SEGMENT = schema.artifacts.insert().values(
+    job_id=_JOB,
+    key=sa.bindparam("b_key"),
+    segment=sa.select(_j.c.run_segment).where(_j.c.job_id == _JOB).scalar_subquery(),
+    logged_at=sa.bindparam("b_at"),
+)
+
+#: Job ``b_job``'s events sent to W&B made durable (its run closed cleanly).
+SENT_DURABLE = _e.update().where(_e.c.job_id == _JOB, _e.c.state == "sent").values(state="durable")
+
+#: Job ``b_job``'s run state set to ``b_run_state`` at ``b_at``.
+SET_RUN_STATE = (
+    _j.update()
+    .where(_j.c.job_id == _JOB)
+    .values(run_state=sa.bindparam("b_run_state"), updated_at=sa.bindparam("b_at"))
+)

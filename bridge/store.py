@@ -425,12 +425,13 @@ class SqlStore:
             conn.execute(statements.MARK_SENT, marks)
         return pending
 
-    def mark_durable(self, job_id: str) -> None:
+    def close_run(self, job_id: str, run_state: RunState) -> None:
+        """The job's run closed cleanly: what it was sent is durable (one transaction)."""
         with self._tx() as conn:
+            conn.execute(statements.SENT_DURABLE, {"b_job": job_id})
             conn.execute(
-                schema.events.update()
-                .where(schema.events.c.job_id == job_id, schema.events.c.state == "sent")
-                .values(state="durable")
+                statements.SET_RUN_STATE,
+                {"b_job": job_id, "b_run_state": run_state, "b_at": time.time()},
             )
 
     def recover_segment(self, job_id: str, durable_steps: set[int]) -> int:
@@ -529,13 +530,19 @@ class SqlStore:
             ).all()
         return {r.key for r in rows}
 
-    def mark_artifact(self, job_id: str, key: str, segment: str | None) -> None:
+    def mark_artifact(self, job_id: str, key: str, *, in_segment: bool = True) -> None:
         with self._tx() as conn:
-            conn.execute(
-                schema.artifacts.insert().values(
-                    job_id=job_id, key=key, segment=segment, logged_at=time.time()
+            if in_segment:
+                conn.execute(
+                    statements.MARK_ARTIFACT_IN_SEGMENT,
+                    {"b_job": job_id, "b_key": key, "b_at": time.time()},
                 )
-            )
+            else:
+                conn.execute(
+                    schema.artifacts.insert().values(
+                        job_id=job_id, key=key, segment=None, logged_at=time.time()
+                    )
+                )
 
     def artifact_holder(self, key: str) -> str | None:
         """The job whose run logged the artifact ``key`` first, if any did."""

@@ -115,7 +115,7 @@ def test_online_a_dataset_w_and_b_lacks_is_logged_by_the_run_that_needs_it(
     emulator = new_emulator([job("ftjob-a", -7200)])
     try:
         bridge = bridge_for(emulator, WandbSink(online_options(wandb_server, tmp_path)), tmp_path)
-        bridge.store.mark_artifact("ftjob-offline", f"dataset:{NAME}", None)
+        bridge.store.mark_artifact("ftjob-offline", f"dataset:{NAME}", in_segment=False)
         bridge.poll()
     finally:
         emulator.stop()

@@ -164,7 +164,7 @@ class Sampler:
         )
         try:
             self.sink.log_artifact(state.job_id, spec)
-            self.store.mark_artifact(state.job_id, LOGGED, None)
+            self.store.mark_artifact(state.job_id, LOGGED, in_segment=False)
         except BridgeError as error:
             summary["samples/stopped"] = f"W&B did not take the table: {error}"
         self._summary(state.job_id, summary)
