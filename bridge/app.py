@@ -51,12 +51,14 @@ def build_bridge(
     *,
     job_budget: float | None = None,
     claim_lock: bool = True,
+    sweep_apart: bool = False,
 ) -> Bridge | BridgeGroup:
     """One ``Bridge`` for one source; a ``BridgeGroup`` for the TOML file's ``[[sources]]``.
     ``environ`` is where ``api_key_env`` names are looked up (the process environment);
     ``job_budget``: seconds a cycle waits for one job's reads (the daemon's; None for a
     one-shot sync, which waits for every job); ``claim_lock=False`` for a writer process of
-    a sync, whose parent holds the SQLite lock (``bridge.writers``)."""
+    a sync, whose parent holds the SQLite lock (``bridge.writers``); ``sweep_apart`` (the
+    daemon's): the look at jobs off the listing's first pages runs beside later cycles."""
     limit_arenas(settings.malloc_arenas)  # before the reading threads start
     configs = source_configs(settings)
     routes = routes_of(settings)
@@ -108,6 +110,7 @@ def build_bridge(
         bridge.prices = price_table
         bridge.dataset_rows = settings.dataset_sample_rows if settings.log_datasets else 0
         bridge.job_budget = job_budget
+        bridge.sweep_apart = sweep_apart
         bounds = config.over(settings.eval_bounds)
         if may_sample(bounds, routes):
             bridge.sampler = Sampler(

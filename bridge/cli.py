@@ -206,7 +206,7 @@ def _build_when_reachable(
         try:
             from bridge.app import build_bridge  # noqa: PLC0415 - heavy: only when needed
 
-            return build_bridge(settings, job_budget=job_budget)
+            return build_bridge(settings, job_budget=job_budget, sweep_apart=True)
         except StoreUnavailable as error:
             if delay == 1.0:
                 log.warning("store.unreachable", error=str(error), detail="waiting for it")

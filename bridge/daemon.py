@@ -245,6 +245,7 @@ def _drain(
             left_running.set()
         return 0
     try:
+        bridge.settle(timeout=max(0.0, min(5.0, deadline - time.monotonic() - 5.0)))
         bridge.close_runs(deadline=time.time() + max(0.0, deadline - time.monotonic()))
     finally:
         poller.busy.release()

@@ -123,6 +123,9 @@ class Bridge:
         self._last_new: dict[str, int] = {}
         self._cycle_started = float("-inf")
         self.refresh_after = 60.0
+        # The daemon's: the look at stale jobs runs beside the next cycles (see poll).
+        self.sweep_apart = False
+        self._sweeper: threading.Thread | None = None
         self._retrying: set[str] = set()
         self._quarantine_kept: set[str] = set()
         # Threads reading the API; 0: as many as the API's latency calls for.
@@ -184,8 +187,12 @@ class Bridge:
             # Jobs off the first pages are looked at after the cycle's reads and writes (now
             # and then that is every page of the listing): the rows of this cycle do not
             # wait for it; a status change it finds is synced in the next cycle.
-            stats.jobs_seen = len(self._look_at_stale(seen))
-            self._wake_dispatcher()
+            if self.sweep_apart:
+                stats.jobs_seen = len(seen)
+                self._sweep_apart(seen)
+            else:
+                stats.jobs_seen = len(self._look_at_stale(seen))
+                self._wake_dispatcher()
         self.links.sweep(self._spec)
         self.unblock_sink()
         return stats
@@ -229,7 +236,7 @@ class Bridge:
             for job_id in self.store.unsynced_ids(self.source.name) - seen
             if self._stale(job_id)
         )
-        if not full and len(stale) > 1 and len(stale) > 1 + len(self.store.all_jobs()) // LIST_PAGE:
+        if not full and len(stale) > 1 and len(stale) > 1 + self.store.job_count() // LIST_PAGE:
             # Listing every page costs fewer requests than getting each of them.
             seen.update(str(job["id"]) for job in self._listed_jobs(full=True))
         for job_id in stale:
@@ -237,6 +244,32 @@ class Bridge:
                 self.refresh(job_id)
                 seen.add(job_id)
         return seen
+
+    def _sweep_apart(self, seen: set[str]) -> None:
+        """:meth:`_look_at_stale` in a thread of its own, so that the next cycles do not wait
+        for it (listing every page takes a request per 100 jobs, one after another); one at a
+        time: while one runs, later cycles start none."""
+        if self._sweeper is not None and self._sweeper.is_alive():
+            return
+        self._sweeper = threading.Thread(
+            target=self._sweep, args=(seen,), name="ftbridge-sweep", daemon=True
+        )
+        self._sweeper.start()
+
+    def _sweep(self, seen: set[str]) -> None:
+        try:
+            self._look_at_stale(seen)
+        except RetryableError as error:
+            log.warning("sweep.failed", source=self.source.name, error=str(error))
+        except Exception as error:  # noqa: BLE001 - a thread's end: said, and tried next cycle
+            log.error("sweep.crashed", source=self.source.name, error=repr(error))
+        else:
+            self._wake_dispatcher()
+
+    def settle(self, timeout: float) -> None:
+        """Wait (up to ``timeout`` seconds) for a look at stale jobs still running apart."""
+        if self._sweeper is not None:
+            self._sweeper.join(timeout)
 
     def _keep_quarantined(self) -> None:
         """Jobs the source refused go to the store once, for ``ftbridge status``."""

@@ -88,6 +88,10 @@ class BridgeGroup:
         for bridge in self.bridges:
             bridge.sync_unsynced(stats, on_job, only=only)
 
+    def settle(self, timeout: float) -> None:
+        for bridge in self.bridges:
+            bridge.settle(timeout)
+
     def timings(self) -> dict[str, float]:
         return {name: s for bridge in self.bridges for name, s in bridge.timings().items()}
 

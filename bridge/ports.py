@@ -179,6 +179,10 @@ class StateStore(Protocol):
 
     def all_jobs(self) -> list[JobState]: ...
 
+    def job_count(self) -> int:
+        """How many jobs :meth:`all_jobs` would return (their snapshots not read)."""
+        ...
+
     def known_event_ids(self, job_id: str, event_ids: Sequence[str]) -> set[str]:
         """Which of the ids the job has stored; called from the API-reading threads while
         another thread writes, so it must not wait for the writer."""

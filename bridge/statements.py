@@ -81,6 +81,14 @@ UNSYNCED_IDS = sa.select(_j.c.job_id).where(
     _j.c.synced.is_(False), _j.c.source == sa.bindparam("b_source")
 )
 
+#: What a new snapshot of job ``b_job`` is compared with.
+SNAPSHOT_OF = sa.select(
+    _j.c.status, _j.c.synced, _j.c.status_seq, _j.c.run_url, _j.c.job_json
+).where(_j.c.job_id == _JOB)
+
+#: How many jobs the store holds.
+JOB_COUNT = sa.select(sa.func.count()).select_from(_j)
+
 #: Artifact ``b_key`` of job ``b_job`` given at ``b_at`` in the job's current run segment
 #: (read in the same statement: no snapshot to load for it).
 MARK_ARTIFACT_IN_SEGMENT = schema.artifacts.insert().values(

@@ -172,18 +172,19 @@ class SqlStore:
         job_id = str(job["id"])
         status = str(job.get("status") or "unknown")
         created = job.get("created_at") if isinstance(job.get("created_at"), int) else None
+        snapshot = _dumps(job)
+
+        def unchanged(row: Any) -> bool:  # a row of SNAPSHOT_OF, or None
+            return row is not None and row.job_json == snapshot and run_url in (None, row.run_url)
+
+        # Most snapshots are seen unchanged (a listing of every page now and then): read
+        # outside the writers' turn, and take it only for a change (read again inside it).
+        with self._read() as conn:
+            if unchanged(conn.execute(statements.SNAPSHOT_OF, {"b_job": job_id}).first()):
+                return None
         with self._tx() as conn:
-            row = conn.execute(
-                sa.select(
-                    schema.jobs.c.status,
-                    schema.jobs.c.synced,
-                    schema.jobs.c.status_seq,
-                    schema.jobs.c.run_url,
-                    schema.jobs.c.job_json,
-                ).where(schema.jobs.c.job_id == job_id)
-            ).first()
-            snapshot = _dumps(job)
-            if row is not None and row.job_json == snapshot and run_url in (None, row.run_url):
+            row = conn.execute(statements.SNAPSHOT_OF, {"b_job": job_id}).first()
+            if unchanged(row):
                 return None  # nothing new: no write
             values: dict[str, Any] = {
                 "status": status,
@@ -240,6 +241,10 @@ class SqlStore:
         """The ids of :meth:`unsynced_jobs` (without reading their snapshots)."""
         with self._read() as conn:
             return set(conn.execute(statements.UNSYNCED_IDS, {"b_source": source}).scalars())
+
+    def job_count(self) -> int:
+        with self._read() as conn:
+            return int(conn.execute(statements.JOB_COUNT).scalar_one())
 
     def jobs_with_open_runs(self) -> list[JobState]:
         with self._tx() as conn:

@@ -13,15 +13,17 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+import structlog
+import structlog.testing
 
 from bridge import entry, schema
 from bridge.daemon import install_signal_handlers, run_daemon
 from bridge.engine import Bridge, CycleStats
-from bridge.errors import SinkUnavailable
+from bridge.errors import SinkUnavailable, SourceUnavailable
 from bridge.malloc import limit_arenas
 from bridge.mapping import WandbDefaults
 from bridge.memory import MemorySink, MemorySource
-from bridge.ports import StoredEvent
+from bridge.ports import Json, StoredEvent
 from bridge.store import SqlStore
 from tests.factories import job, message, metrics
 
@@ -273,6 +275,82 @@ def test_a_stale_snapshot_is_fetched_even_without_events(
     bridge.poll()
     state = bridge.store.get_job("ftjob-old")
     assert state is not None and state.status == "cancelled" and state.synced
+
+
+class HeldRefresh(MemorySource):
+    """A source whose single-job reads wait, while ``hold`` is set, until ``release``."""
+
+    def __init__(self) -> None:
+        super().__init__(page_size=3)
+        self.hold = False
+        self.waiting = threading.Event()
+        self.release = threading.Event()
+
+    def get_job(self, job_id: str) -> Json:
+        if self.hold:
+            self.waiting.set()
+            assert self.release.wait(10), "never released"
+        return super().get_job(job_id)
+
+
+def test_the_daemons_look_at_stale_jobs_does_not_hold_up_the_next_cycles(
+    tmp_path: Path,
+) -> None:
+    source = HeldRefresh()
+    source.put_job(job("ftjob-old", status="running", created_at=1))
+    bridge = make_bridge(source, MemorySink(), tmp_path / "s.db")
+    bridge.sweep_apart = True
+    bridge.poll()
+    for i in range(5):
+        source.put_job(job(f"new-{i}", status="succeeded", created_at=100 + i))
+    bridge.poll()
+    source.put_job(job("ftjob-old", status="cancelled", created_at=1))
+    bridge.refresh_after = 0.0
+    source.hold = True
+    bridge.poll()  # starts the look at ftjob-old (off the first page), which waits
+    assert source.waiting.wait(10)
+    source.put_job(job("new-9", status="succeeded", created_at=200))
+    bridge.poll()  # a cycle while it waits: not held up, and no second look started
+    later = bridge.store.get_job("new-9")
+    assert later is not None and later.synced
+    assert source.calls["get_job"] == 0, "the held read has not returned; no other started"
+    source.release.set()
+    bridge.settle(10)
+    state = bridge.store.get_job("ftjob-old")
+    assert state is not None and state.status == "cancelled" and not state.synced
+    source.hold = False
+    bridge.poll()
+    state = bridge.store.get_job("ftjob-old")
+    assert state is not None and state.status == "cancelled" and state.synced
+
+
+def test_a_look_at_stale_jobs_that_fails_apart_is_said_and_tried_again(
+    source: MemorySource, tmp_path: Path
+) -> None:
+    source.put_job(job("ftjob-old", status="running", created_at=1))
+    bridge = make_bridge(source, MemorySink(), tmp_path / "s.db")
+    bridge.sweep_apart = True
+    bridge.poll()
+    for i in range(5):
+        source.put_job(job(f"new-{i}", status="succeeded", created_at=100 + i))
+    bridge.poll()
+    bridge.refresh_after = 0.0
+    real = source.get_job
+
+    def away(job_id: str) -> Json:
+        raise SourceUnavailable("the API is away")
+
+    source.get_job = away  # type: ignore[method-assign]
+    with structlog.testing.capture_logs() as logs:
+        bridge.poll()
+        bridge.settle(10)
+    assert [e["error"] for e in logs if e["event"] == "sweep.failed"] == ["the API is away"]
+    source.get_job = real  # type: ignore[method-assign]
+    source.put_job(job("ftjob-old", status="failed", created_at=1))
+    bridge.poll()
+    bridge.settle(10)
+    state = bridge.store.get_job("ftjob-old")
+    assert state is not None and state.status == "failed"
 
 
 def test_the_reading_threads_check_stored_events_while_the_writer_holds_its_turn(
