@@ -26,6 +26,9 @@ from bridge.ports import (
 )
 from bridge.webhooks import outbox
 
+#: SQLite's page cache per connection, in KiB.
+SQLITE_CACHE_KIB = 512
+
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
@@ -34,6 +37,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # last commits, and what they held is read again from the API.
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=5000")
+    # Each pooled connection keeps its own page cache (2 MB by default; up to 15 connections
+    # with the reading threads); the OS caches the file for all of them.
+    cursor.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
     cursor.close()
 
 
