@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from bridge import __version__, health, migrate, webhook_commands
 from bridge.daemon import install_signal_handlers, run_daemon, say_stop_requested
 from bridge.engine import Bridge, CycleStats
-from bridge.entry import INTERRUPTED, leave_interrupted
+from bridge.entry import INTERRUPTED, all_closed, leave_interrupted
 from bridge.errors import BridgeError, ConfigError, Interrupted, JobNotFound, StoreUnavailable
 from bridge.group import BridgeGroup
 from bridge.logs import configure_logging
@@ -317,6 +317,11 @@ def _sync(settings: Settings, args: argparse.Namespace) -> int:
             # One round of attempts; what is left is delivered by the daemon.
             bridge.dispatcher.stop(timeout=settings.webhook_timeout)
         bridge.store.close()
+        if not bridge.sink.open_runs():
+            from bridge.sink_wandb import shut_down  # noqa: PLC0415 - imported with the app
+
+            shut_down()
+            all_closed()
     if bridge.stopping.is_set():
         say_stop_requested()
         log.warning("sync.interrupted", jobs=stats.jobs_seen, rows_logged=stats.rows_logged)

@@ -42,12 +42,34 @@ def leave_interrupted() -> NoReturn:
     os._exit(INTERRUPTED)
 
 
+_closed: list[bool] = []
+"""Set by a one-shot command whose work is all closed (see :func:`all_closed`)."""
+
+
+def all_closed() -> None:
+    """Said by a one-shot command (``sync``, a writer process) once every run is finished,
+    the store closed and wandb-core told to stop: the exit may skip the interpreter's
+    finalization, which with wandb, SQLAlchemy and the SDKs loaded takes 0.3-0.5 s (freeing
+    every object and module) and holds nothing that is not already on disk."""
+    _closed.append(True)
+
+
+def leave(code: int) -> int:
+    """Exit with ``code``: at once (``os._exit``, output flushed) after :func:`all_closed`,
+    else the usual way."""
+    if _closed:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
 def main() -> int:
     signal.signal(signal.SIGINT, _interrupt)
     try:
         from bridge.cli import main as cli_main  # noqa: PLC0415 - imported under the guard
 
-        return cli_main()
+        return leave(cli_main())
     except KeyboardInterrupt:
         leave_interrupted()
 

@@ -87,6 +87,15 @@ def _import_first_init_modules() -> None:
         importlib.import_module("wandb.sdk.launch.inputs.internal")
 
 
+def shut_down() -> None:
+    """Stop this process's wandb-core (every run finished): what ``atexit`` would do, for a
+    command that exits without the interpreter's finalization (``bridge.entry.leave``)."""
+    try:
+        wandb.teardown()
+    except Exception as error:  # noqa: BLE001 - best effort: wandb-core also exits with us
+        log.warning("wandb.teardown_failed", error=_reason(error))
+
+
 class WandbSink:
     """:class:`bridge.ports.RunSink` writing real W&B runs (offline or online)."""
 
