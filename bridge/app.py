@@ -42,6 +42,7 @@ def wandb_options(settings: Settings) -> WandbOptions:
         finish_timeout=settings.wandb_finish_timeout,
         flush_interval=settings.wandb_flush_interval,
         upload_interval=settings.wandb_upload_interval,
+        core_memory_limit_mib=settings.wandb_core_memory_limit or None,
     )
 
 

@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     fetch_workers: int = Field(default=0, ge=0, le=128)
     # glibc malloc arenas for the bridge's threads; 0: glibc's default (8 per core).
     malloc_arenas: int = Field(default=2, ge=0, le=64)
+    # A soft memory limit for wandb-core in MiB (Go's GOMEMLIMIT; GOMEMLIMIT in the
+    # environment wins); 0: none.
+    wandb_core_memory_limit: int = Field(default=0, ge=0, le=1_048_576)
     # Processes writing a backfill (sync), each with its own wandb-core; 0: one per core.
     sync_writers: int = Field(default=0, ge=0, le=16)
     lease_seconds: float = _seconds(30.0, low=3, high=600, low_inclusive=True)

@@ -60,6 +60,9 @@ class WandbOptions:
     # heap (1,000 open runs: about 280 MB at 100, 180-195 MB at 25, and the live benchmark's
     # peak 27 MB lower at 10, its lag unchanged). None leaves the environment's.
     core_gogc: int | None = 10
+    # A soft limit on wandb-core's memory (GOMEMLIMIT, MiB): its GC works harder near it, up
+    # to about half its CPU once the heap outgrows it. None: no limit.
+    core_memory_limit_mib: int | None = None
 
 
 def quiet_settings(**settings: Any) -> Any:
@@ -110,6 +113,8 @@ class WandbSink:
         if options.core_gogc is not None:
             # Read by wandb-core when it starts (it inherits this process's environment).
             os.environ.setdefault("GOGC", str(options.core_gogc))
+        if options.core_memory_limit_mib is not None:
+            os.environ.setdefault("GOMEMLIMIT", f"{options.core_memory_limit_mib}MiB")
         # The process-wide settings: wandb's own terminal messages stay out of our logs.
         wandb.setup(wandb.Settings(silent=True, show_info=False))
         _import_first_init_modules()
