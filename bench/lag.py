@@ -1,7 +1,8 @@
 """Benchmark 2, live lag: running jobs emitting a step per second, polled every 2 s.
 
-The bridge runs in this process, built exactly as ``ftbridge run`` builds it (``build_bridge``
-and ``run_daemon``: the same APScheduler timer), against the emulator in its own process. Two
+The bridge runs in this process, built exactly as ``ftbridge run`` builds it
+(``build_daemon_bridge`` and ``run_daemon``: the same APScheduler timer), against the
+emulator in its own process. Two
 wrappers observe without changing anything (``Observer``): one around the real ``WandbSink``'s
 ``log`` notes when it returned (the rows were handed to W&B), one around ``Bridge.poll``
 notes when each cycle starts and ends.
@@ -44,7 +45,7 @@ from bench.common import (
     tree_rss,
     verdict,
 )
-from bridge.app import build_bridge
+from bridge.app import build_daemon_bridge
 from bridge.daemon import run_daemon
 from bridge.emulator import Scenario
 from bridge.engine import Bridge, CycleStats
@@ -158,7 +159,7 @@ def run_lag(
             log_level="warning",
         )
         configure_logging(level=settings.log_level, fmt=settings.log_format)
-        bridge = build_bridge(settings)
+        bridge = build_daemon_bridge(settings)
         if not isinstance(bridge, Bridge):
             raise TypeError("the lag benchmark expects one source (one Bridge)")
         observer = Observer(bridge, emu)

@@ -46,6 +46,13 @@ def wandb_options(settings: Settings) -> WandbOptions:
     )
 
 
+def build_daemon_bridge(settings: Settings) -> Bridge | BridgeGroup:
+    """The bridge as ``ftbridge run`` builds it (the live benchmark builds it here too): a
+    cycle waits ``job_time_budget`` for one job's reads, and the look at jobs off the
+    listing's first pages runs beside later cycles."""
+    return build_bridge(settings, job_budget=settings.job_time_budget, sweep_apart=True)
+
+
 def build_bridge(
     settings: Settings,
     environ: Mapping[str, str] | None = None,

@@ -196,17 +196,15 @@ def _configure(settings: Settings) -> None:
         log.warning("settings.unknown_variable", detail=line)
 
 
-def _build_when_reachable(
-    settings: Settings, stop: threading.Event, *, job_budget: float | None = None
-) -> Bridge | BridgeGroup | None:
+def _build_when_reachable(settings: Settings, stop: threading.Event) -> Bridge | BridgeGroup | None:
     """Build the bridge, waiting while the database does not answer (a server restarting,
     a network blip) instead of exiting into a crash loop; None if told to stop meanwhile."""
     delay = 1.0
     while True:
         try:
-            from bridge.app import build_bridge  # noqa: PLC0415 - heavy: only when needed
+            from bridge.app import build_daemon_bridge  # noqa: PLC0415 - heavy: only when needed
 
-            return build_bridge(settings, job_budget=job_budget, sweep_apart=True)
+            return build_daemon_bridge(settings)
         except StoreUnavailable as error:
             if delay == 1.0:
                 log.warning("store.unreachable", error=str(error), detail="waiting for it")
@@ -221,7 +219,7 @@ def _run(settings: Settings) -> int:
     # is being built stops the daemon as soon as it is up.
     stop = threading.Event()
     install_signal_handlers(stop)
-    bridge = _build_when_reachable(settings, stop, job_budget=settings.job_time_budget)
+    bridge = _build_when_reachable(settings, stop)
     if bridge is None:
         return 0
     from bridge.app import observe  # noqa: PLC0415 - heavy: only when needed
