@@ -256,15 +256,25 @@ def test_a_job_off_the_listed_pages_is_fetched_only_when_it_may_have_changed(
     assert state is not None and state.status == "succeeded" and state.synced
 
 
-def test_a_stale_snapshot_is_fetched_even_without_events(
-    source: MemorySource, tmp_path: Path
-) -> None:
+def old_job_off_the_first_page(
+    source: MemorySource, tmp_path: Path, *, apart: bool = False
+) -> Bridge:
+    """A bridge that synced ftjob-old (running), then five newer jobs in front of it: the
+    listing's first page (3 jobs) no longer shows it. ``apart``: the daemon's sweep."""
     source.put_job(job("ftjob-old", status="running", created_at=1))
     bridge = make_bridge(source, MemorySink(), tmp_path / "s.db")
+    bridge.sweep_apart = apart
     bridge.poll()
     for i in range(5):
         source.put_job(job(f"new-{i}", status="succeeded", created_at=100 + i))
     bridge.poll()
+    return bridge
+
+
+def test_a_stale_snapshot_is_fetched_even_without_events(
+    source: MemorySource, tmp_path: Path
+) -> None:
+    bridge = old_job_off_the_first_page(source, tmp_path)
     source.put_job(job("ftjob-old", status="cancelled", created_at=1))
     bridge.refresh_after = 0.0
     bridge.poll()
@@ -297,13 +307,7 @@ def test_the_daemons_look_at_stale_jobs_does_not_hold_up_the_next_cycles(
     tmp_path: Path,
 ) -> None:
     source = HeldRefresh()
-    source.put_job(job("ftjob-old", status="running", created_at=1))
-    bridge = make_bridge(source, MemorySink(), tmp_path / "s.db")
-    bridge.sweep_apart = True
-    bridge.poll()
-    for i in range(5):
-        source.put_job(job(f"new-{i}", status="succeeded", created_at=100 + i))
-    bridge.poll()
+    bridge = old_job_off_the_first_page(source, tmp_path, apart=True)
     source.put_job(job("ftjob-old", status="cancelled", created_at=1))
     bridge.refresh_after = 0.0
     source.hold = True
@@ -327,13 +331,7 @@ def test_the_daemons_look_at_stale_jobs_does_not_hold_up_the_next_cycles(
 def test_a_look_at_stale_jobs_that_fails_apart_is_said_and_tried_again(
     source: MemorySource, tmp_path: Path
 ) -> None:
-    source.put_job(job("ftjob-old", status="running", created_at=1))
-    bridge = make_bridge(source, MemorySink(), tmp_path / "s.db")
-    bridge.sweep_apart = True
-    bridge.poll()
-    for i in range(5):
-        source.put_job(job(f"new-{i}", status="succeeded", created_at=100 + i))
-    bridge.poll()
+    bridge = old_job_off_the_first_page(source, tmp_path, apart=True)
     bridge.refresh_after = 0.0
     real = source.get_job
 
