@@ -13,6 +13,7 @@ mode"): the config, summary and tag carry the link, and the link counts as made.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 
@@ -39,16 +40,22 @@ class Links:
         self._index: ModelIndex | None = None
         self._indexed_at = float("-inf")
         self.refresh_after = 60.0
+        # The daemon's look at stale jobs calls ``saw`` from a thread of its own while the
+        # cycle reads and re-indexes: additions to the index take turns.
+        self._lock = threading.Lock()
 
     @property
     def index(self) -> ModelIndex:
-        if self._index is None:
-            self._index = ModelIndex(state.job for state in self.store.all_jobs())
-            self._indexed_at = time.monotonic()
-        return self._index
+        with self._lock:
+            if self._index is None:
+                self._index = ModelIndex(state.job for state in self.store.all_jobs())
+                self._indexed_at = time.monotonic()
+            return self._index
 
     def saw(self, job: Json) -> None:
-        self.index.add(job)
+        index = self.index
+        with self._lock:
+            index.add(job)
 
     def parent_of(self, job: Json) -> Parent | None:
         return self.index.parent_of(job)
@@ -119,10 +126,14 @@ class Links:
         is now known."""
         if time.monotonic() - self._indexed_at < self.refresh_after:
             return
-        self._index = None
         states = self.store.all_jobs()
-        self._index = ModelIndex(state.job for state in states)
-        self._indexed_at = time.monotonic()
+        index = self.index
+        with self._lock:
+            # Added to, not rebuilt: a job seen meanwhile (stored after ``states`` was read)
+            # stays indexed.
+            for state in states:
+                index.add(state.job)
+            self._indexed_at = time.monotonic()
         for state in states:
             if state.source == self.source and state.run_state == "finished":
                 self.relink(state, spec_of)

@@ -12,7 +12,9 @@ import pytest
 from bridge import lineage
 from bridge.emulator import Emulator, JobScenario, ids
 from bridge.engine import Bridge
+from bridge.links import Links
 from bridge.mapping import WandbDefaults
+from bridge.memory import MemorySink
 from bridge.sink_wandb import WandbOptions, WandbSink
 from bridge.sources.openai import OpenAISource
 from bridge.store import SqlStore
@@ -53,6 +55,18 @@ def test_parent_of_a_model_and_of_a_checkpoint() -> None:
     assert plain is not None and plain.artifact == "ftjob-zero-model:latest"
     assert index.parent_of({"id": "x", "model": BASE}) is None
     assert index.children_of(tuned("ftjob-zero")) == {"ftjob-one"}
+
+
+def test_a_job_seen_while_the_index_is_refreshed_stays_indexed(tmp_path: Path) -> None:
+    """The daemon's look at stale jobs sees jobs (``saw``) from its own thread, before they
+    are stored; the cycle's refresh of the index from the store must not drop them."""
+    store = SqlStore(f"sqlite:///{tmp_path / 'state.db'}")
+    links = Links("openai", MemorySink(), store)
+    links.saw({"id": "ftjob-zero", "model": BASE, "fine_tuned_model": tuned("ftjob-zero")})
+    links.refresh_after = 0
+    links.sweep(lambda job: pytest.fail("nothing to link"))  # ftjob-zero is not stored yet
+    parent = links.parent_of({"id": "ftjob-one", "model": tuned("ftjob-zero")})
+    assert parent is not None and parent.job_id == "ftjob-zero"
 
 
 def backfill(emulator: Emulator, bridge: Bridge, order: list[int]) -> None:
