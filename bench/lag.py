@@ -2,10 +2,9 @@
 
 The bridge runs in this process, built exactly as ``ftbridge run`` builds it
 (``build_daemon_bridge`` and ``run_daemon``: the same APScheduler timer), against the
-emulator in its own process. Two
-wrappers observe without changing anything (``Observer``): one around the real ``WandbSink``'s
-``log`` notes when it returned (the rows were handed to W&B), one around ``Bridge.poll``
-notes when each cycle starts and ends.
+emulator in its own process. Two wrappers observe without changing anything (``Observer``):
+one around the real ``WandbSink``'s ``log`` notes when it returned (the rows were handed to
+W&B), one around ``Bridge.poll`` notes when each cycle starts and ends.
 
 Event times: ``created_at`` has a resolution of one second. The scenario starts at a whole
 second and every job's creation offset and step length are whole seconds, so every event
@@ -77,9 +76,6 @@ class Handoffs:
             self._run.append(index)
             self._step.append(step)
             self._time.append(now)
-
-    def __len__(self) -> int:
-        return len(self._time)
 
     def __iter__(self) -> Iterator[tuple[str, int, float]]:
         for index, step, handed in zip(self._run, self._step, self._time, strict=True):

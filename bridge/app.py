@@ -12,6 +12,7 @@ import structlog
 
 from bridge import mapping, prices, status
 from bridge.engine import Bridge
+from bridge.entry import all_closed
 from bridge.evals.bounds import bounds_of, may_sample
 from bridge.evals.sampler import Sampler
 from bridge.group import BridgeGroup
@@ -22,7 +23,7 @@ from bridge.mapping import WandbDefaults
 from bridge.metrics import BridgeMetrics, Watched
 from bridge.notify import OutboxWriter, dispatcher_for, release_notifications, targets_of
 from bridge.settings import Settings
-from bridge.sink_wandb import WandbOptions, WandbSink
+from bridge.sink_wandb import WandbOptions, WandbSink, shut_down
 from bridge.sources import make_source, routes_of, source_configs
 from bridge.store import SqlStore
 from bridge.views.page import StatusPage
@@ -44,6 +45,15 @@ def wandb_options(settings: Settings) -> WandbOptions:
         upload_interval=settings.wandb_upload_interval,
         core_memory_limit_mib=settings.wandb_core_memory_limit or None,
     )
+
+
+def close_one_shot(bridge: Bridge | BridgeGroup) -> None:
+    """The end of a one-shot command (``sync``, a writer process), its store closed: when no
+    run is left open, stop wandb-core and let the exit skip the interpreter's finalization
+    (``bridge.entry.leave``)."""
+    if not bridge.sink.open_runs():
+        shut_down()
+        all_closed()
 
 
 def build_daemon_bridge(settings: Settings) -> Bridge | BridgeGroup:

@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from bridge import __version__, health, migrate, webhook_commands
 from bridge.daemon import install_signal_handlers, run_daemon, say_stop_requested
 from bridge.engine import Bridge, CycleStats
-from bridge.entry import INTERRUPTED, all_closed, leave_interrupted
+from bridge.entry import INTERRUPTED, leave_interrupted
 from bridge.errors import BridgeError, ConfigError, Interrupted, JobNotFound, StoreUnavailable
 from bridge.group import BridgeGroup
 from bridge.logs import configure_logging
@@ -296,7 +296,7 @@ def _health(args: argparse.Namespace) -> int:
 def _sync(settings: Settings, args: argparse.Namespace) -> int:
     if bool(args.all) == bool(args.jobs):
         raise ConfigError("sync takes either --all or one or more job ids")
-    from bridge.app import build_bridge  # noqa: PLC0415 - heavy: only when needed
+    from bridge.app import build_bridge, close_one_shot  # noqa: PLC0415 - heavy: only when needed
 
     bridge = build_bridge(settings)
     # SIGTERM and Ctrl-C stop the walk over the API's pages and the wait for jobs; the runs
@@ -315,11 +315,7 @@ def _sync(settings: Settings, args: argparse.Namespace) -> int:
             # One round of attempts; what is left is delivered by the daemon.
             bridge.dispatcher.stop(timeout=settings.webhook_timeout)
         bridge.store.close()
-        if not bridge.sink.open_runs():
-            from bridge.sink_wandb import shut_down  # noqa: PLC0415 - imported with the app
-
-            shut_down()
-            all_closed()
+        close_one_shot(bridge)
     if bridge.stopping.is_set():
         say_stop_requested()
         log.warning("sync.interrupted", jobs=stats.jobs_seen, rows_logged=stats.rows_logged)

@@ -156,12 +156,10 @@ def die_with_parent(parent: int) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from bridge.app import build_bridge  # noqa: PLC0415 - the writer's own start-up
+    from bridge.app import build_bridge, close_one_shot  # noqa: PLC0415 - the writer's start-up
     from bridge.daemon import install_signal_handlers  # noqa: PLC0415
-    from bridge.entry import all_closed  # noqa: PLC0415
     from bridge.logs import configure_logging  # noqa: PLC0415
     from bridge.settings import load_settings  # noqa: PLC0415
-    from bridge.sink_wandb import shut_down  # noqa: PLC0415
 
     parser = argparse.ArgumentParser(prog="python -m bridge.writers")
     parser.add_argument("--parent", type=int, required=True)
@@ -183,9 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         bridge.close_runs()
         bridge.store.close()
-        if not bridge.sink.open_runs():
-            shut_down()
-            all_closed()
+        close_one_shot(bridge)
     args.stats.write_text(
         json.dumps(
             {
