@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from bridge import __version__, health, migrate, webhook_commands
 from bridge.daemon import install_signal_handlers, run_daemon, say_stop_requested
 from bridge.engine import Bridge, CycleStats
-from bridge.entry import INTERRUPTED, leave_interrupted
+from bridge.entry import INTERRUPTED, leave, leave_interrupted
 from bridge.errors import BridgeError, ConfigError, Interrupted, JobNotFound, StoreUnavailable
 from bridge.group import BridgeGroup
 from bridge.logs import configure_logging
@@ -425,4 +425,6 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # As the ``ftbridge`` command does (``bridge.entry.main``): a one-shot command whose
+    # work is all closed exits at once.
+    sys.exit(leave(main()))

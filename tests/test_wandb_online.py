@@ -271,3 +271,25 @@ def test_a_storm_of_api_errors_then_sigterm_leaves_every_run_final(
         assert scenario.id is not None
         run = assert_server_has_every_step_once(wandb_server, emulator, scenario.id)
         assert_final(run, job_of(emulator, scenario.id))
+
+
+def test_an_online_backfill_shared_among_writers_is_all_on_the_server_when_sync_exits(
+    start_emulator: StartEmulator,
+    online_bridge: Callable[..., BridgeProcess],
+    wandb_server: WandbServer,
+) -> None:
+    """``ftbridge sync`` and its writer processes exit without the interpreter's
+    finalization once every run is finished: what W&B's server holds then is complete."""
+    jobs = [
+        JobScenario(id=f"ftjob-back{i}", n_steps=12, created_offset=-7200 - i * 60)
+        for i in range(20)
+    ]
+    emulator = start_emulator(jobs, time_scale=1.0)
+    bridge = online_bridge(emulator, FTBRIDGE_SYNC_WRITERS="2")
+    result = bridge.run("sync", "--all", timeout=240)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert '"sync.writers"' in result.stdout + result.stderr
+    for scenario in jobs:
+        assert scenario.id is not None
+        run = assert_server_has_every_step_once(wandb_server, emulator, scenario.id)
+        assert_final(run, job_of(emulator, scenario.id))
