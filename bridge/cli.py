@@ -6,8 +6,7 @@ import argparse
 import os
 import sys
 import threading
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import structlog
@@ -297,17 +296,33 @@ def _sync(settings: Settings, args: argparse.Namespace) -> int:
     if bool(args.all) == bool(args.jobs):
         raise ConfigError("sync takes either --all or one or more job ids")
     from bridge.app import build_bridge, close_one_shot  # noqa: PLC0415 - heavy: only when needed
+    from bridge.sink_wandb import preload  # noqa: PLC0415
 
-    bridge = build_bridge(settings)
+    pool = None
+    if args.all:
+        preload()  # before the writers are forked: they start with it in memory
+        pool = _writer_pool(settings)
+    try:
+        return _sync_with(settings, args, build_bridge(settings), pool, close_one_shot)
+    finally:
+        if pool is not None:
+            pool.close()
+
+
+def _sync_with(
+    settings: Settings,
+    args: argparse.Namespace,
+    bridge: Bridge | BridgeGroup,
+    pool: WriterPool | None,
+    close_one_shot: Callable[[Bridge | BridgeGroup], None],
+) -> int:
     # SIGTERM and Ctrl-C stop the walk over the API's pages and the wait for jobs; the runs
     # opened so far are finished before the exit (code 130).
     install_signal_handlers(bridge.stopping)
     if bridge.dispatcher is not None:
         bridge.dispatcher.start()
     try:
-        stats = sync_once(
-            bridge, None if args.all else list(args.jobs), writers=_writers(settings, args)
-        )
+        stats = sync_once(bridge, None if args.all else list(args.jobs), pool)
     except Interrupted:
         stats = CycleStats(errors=["interrupted"])
     finally:
@@ -324,48 +339,42 @@ def _sync(settings: Settings, args: argparse.Namespace) -> int:
     return 1 if stats.errors else 0
 
 
-def _writers(settings: Settings, args: argparse.Namespace) -> Writers | None:
-    """How a backfill may be shared out among writer processes (``bridge.writers``); None
-    for an in-memory store, which other processes cannot open."""
+def _writer_pool(settings: Settings) -> WriterPool | None:
+    """The writer processes (``bridge.writers``) a backfill may be shared out among, started
+    before the bridge is built; None for one process, or an in-memory store, which other
+    processes cannot open."""
     if settings.database_url in ("sqlite://", "sqlite:///:memory:"):
         return None
-    return Writers(settings.sync_writers, args.config, settings.shutdown_timeout)
-
-
-@dataclass(frozen=True)
-class Writers:
-    count: int  # 0: one per core
-    config: Path | None
-    shutdown_timeout: float
+    extra = writer_count(settings.sync_writers, None) - 1
+    if extra < 1:
+        return None
+    return WriterPool(settings, extra, shutdown_timeout=settings.shutdown_timeout)
 
 
 def sync_once(
-    bridge: Bridge | BridgeGroup, job_ids: list[str] | None, writers: Writers | None = None
+    bridge: Bridge | BridgeGroup, job_ids: list[str] | None, writers: WriterPool | None = None
 ) -> CycleStats:
     """One pass over every job (``None``) or the given ones; open runs are finished after.
-    A backfill of many jobs is shared out among ``writers`` processes: this one writes the
-    first share."""
+    A backfill of many jobs is shared out among this process and the ``writers``: this one
+    writes the first share."""
     stats = CycleStats()
     bridge.recover()
     try:
         if job_ids is None:
             stats.jobs_seen = bridge.discover(full=True)
             unsynced = [state.job_id for state in bridge.store.unsynced_jobs()]
-            count = writer_count(writers.count, len(unsynced)) if writers else 1
+            count = 1
+            if writers is not None and bridge.leases is not None:
+                count = writer_count(len(writers) + 1, len(unsynced))
             shares = share_out(unsynced, count)
+            if writers is not None and bridge.leases is not None:
+                writers.deal(shares[1:], replica_id=bridge.leases.owner, timings=bridge.timings())
             with SyncProgress(len(shares[0])) as progress:
-                if count == 1 or writers is None or bridge.leases is None:
+                if count == 1 or writers is None:
                     bridge.sync_unsynced(stats, progress.advance)
                 else:
-                    with WriterPool(
-                        shares[1:],
-                        replica_id=bridge.leases.owner,
-                        config=writers.config,
-                        shutdown_timeout=writers.shutdown_timeout,
-                        timings=bridge.timings(),
-                    ) as pool:
-                        bridge.sync_unsynced(stats, progress.advance, only=set(shares[0]))
-                        pool.wait(stats, bridge.stopping)
+                    bridge.sync_unsynced(stats, progress.advance, only=set(shares[0]))
+                    writers.wait(stats, bridge.stopping)
         else:
             for job_id in job_ids:
                 _sync_one(bridge, job_id, stats)

@@ -81,11 +81,12 @@ def quiet_settings(**settings: Any) -> Any:
     )
 
 
-def _import_first_init_modules() -> None:
+def preload() -> None:
     """Import now what the first ``wandb.init`` of a process imports (wandb's launch
     package, about 0.2 s, for launch inputs the bridge never has). Imported on the first
     init, it ran on the writing thread while the reading threads held the interpreter lock,
-    and the first run of a backfill took about 0.9 s to open instead of 0.3 s."""
+    and the first run of a backfill took about 0.9 s to open instead of 0.3 s. A backfill
+    calls it before forking its writers (``bridge.writers``), which then have it too."""
     with contextlib.suppress(ImportError):
         importlib.import_module("wandb.sdk.launch.inputs.internal")
 
@@ -117,7 +118,7 @@ class WandbSink:
             os.environ.setdefault("GOMEMLIMIT", f"{options.core_memory_limit_mib}MiB")
         # The process-wide settings: wandb's own terminal messages stay out of our logs.
         wandb.setup(wandb.Settings(silent=True, show_info=False))
-        _import_first_init_modules()
+        preload()
 
     def _settings(self) -> Any:
         opts = self._options

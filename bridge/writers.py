@@ -5,45 +5,57 @@ processes, each with its own wandb-core, so that W&B writes (``wandb.init``, ``r
 The rule it keeps: a writer is a whole bridge (its own API reads, its own W&B sink, the same
 store) restricted to its share of the jobs, so each job goes through exactly the code and the
 cursor rules of one process (``bridge.engine``). Shares are disjoint and fixed before any
-writer starts. Writers use the parent's replica id (its leases are theirs) and its store; on
+writer writes. Writers use the parent's replica id (its leases are theirs) and its store; on
 SQLite the parent holds the lock file against a second daemon for all of them (WAL mode lets
 them write one after another). A writer dies with its parent (``PR_SET_PDEATHSIG``): a kill of
 the sync is a crash of every writer, repaired at the next start as any crash is.
+
+Writers are forked by ``sync --all`` before it opens anything (no thread, store connection,
+lock or wandb-core yet), once wandb, the SDKs and SQLAlchemy are imported: a writer starts
+with them in memory instead of importing them again (about 2 s of CPU a process), and builds
+its bridge while the parent lists the jobs. Where fork is not available, or a thread is
+already running, they are spawned (a fresh interpreter) with the same orders.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import ctypes
-import json
+import multiprocessing
 import os
 import signal
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
-from types import TracebackType
-from typing import Self
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from bridge.engine import CycleStats
 
+if TYPE_CHECKING:
+    from multiprocessing.process import BaseProcess
+
+    from bridge.settings import Settings
+
 log = structlog.get_logger(__name__)
 
-#: Below this many jobs per writer, starting one (about 1.5 s of imports) does not pay.
+#: Below this many jobs per writer, one more process does not pay.
 MIN_JOBS_PER_WRITER = 10
 _PR_SET_PDEATHSIG = 1
+#: How often a waiting writer looks whether it was asked to stop.
+_POLL = 0.2
 
 
-def writer_count(configured: int, jobs: int, cpus: int | None = None) -> int:
+def writer_count(configured: int, jobs: int | None, cpus: int | None = None) -> int:
     """How many writers (the calling process included) share ``jobs``: the configured count,
-    or with 0 one per core (at most 4); never more than ``jobs / MIN_JOBS_PER_WRITER``."""
+    or with 0 one per core (at most 4); never more than ``jobs / MIN_JOBS_PER_WRITER``
+    (``None``: not known yet)."""
     wanted = configured or min(4, cpus or os.cpu_count() or 1)
+    if jobs is None:
+        return max(1, wanted)
     return max(1, min(wanted, jobs // MIN_JOBS_PER_WRITER))
 
 
@@ -52,88 +64,115 @@ def share_out(job_ids: Sequence[str], writers: int) -> list[list[str]]:
     return [list(job_ids[i::writers]) for i in range(max(1, writers))]
 
 
+def start_method() -> str:
+    """``fork`` where it is safe (POSIX, no thread running yet), else ``spawn``."""
+    if "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1:
+        return "fork"
+    return "spawn"
+
+
 class WriterPool:
-    """Writer subprocesses, one per share; ``wait`` collects their figures into ``stats``."""
+    """Writer processes started before the parent builds its bridge; told the replica id
+    (:meth:`go`), then each its share (:meth:`deal`); :meth:`wait` collects their figures."""
 
-    def __init__(
-        self,
-        shares: Sequence[Sequence[str]],
-        *,
-        replica_id: str,
-        config: Path | None,
-        shutdown_timeout: float,
-        timings: Mapping[str, float] | None = None,
-    ) -> None:
-        self._shares = [list(share) for share in shares if share]
-        self._replica_id = replica_id
-        self._config = config
+    def __init__(self, settings: Settings, processes: int, *, shutdown_timeout: float) -> None:
         self._shutdown_timeout = shutdown_timeout
-        # The parent's API request times: a writer lists nothing, and sizes its first reads
-        # on these (without them it would start with the fewest reading threads).
-        self._timings = dict(timings or {})
-        self._tmp = tempfile.TemporaryDirectory(prefix="ftbridge-writers-")
-        self._procs: list[tuple[subprocess.Popen[bytes], Path]] = []
+        self.method = start_method()
+        context = (
+            multiprocessing.get_context("fork")
+            if self.method == "fork"
+            else multiprocessing.get_context("spawn")
+        )
+        self._writers: list[tuple[BaseProcess, Connection]] = []
+        for index in range(processes):
+            ours, theirs = context.Pipe()
+            proc = context.Process(
+                target=writer_main,
+                args=(settings, theirs, os.getpid()),
+                name=f"ftbridge-writer-{index + 1}",
+            )
+            proc.start()
+            theirs.close()
+            self._writers.append((proc, ours))
+        self._working: list[tuple[BaseProcess, Connection]] = []
 
-    def __enter__(self) -> Self:
-        folder = Path(self._tmp.name)
-        env = {**os.environ, "FTBRIDGE_REPLICA_ID": self._replica_id}
-        for index, share in enumerate(self._shares):
-            jobs = folder / f"jobs-{index}.json"
-            jobs.write_text(json.dumps(share), encoding="utf-8")
-            figures = folder / f"stats-{index}.json"
-            command = [sys.executable, "-m", "bridge.writers", "--parent", str(os.getpid())]
-            command += ["--jobs", str(jobs), "--stats", str(figures)]
-            command += ["--timings", json.dumps(self._timings)]
-            if self._config is not None:
-                command += ["--config", str(self._config)]
-            self._procs.append((subprocess.Popen(command, env=env), figures))
-        shares = [len(share) for share in self._shares]
-        log.info("sync.writers", processes=len(self._procs) + 1, jobs=shares)
-        return self
+    def __len__(self) -> int:
+        return len(self._writers)
+
+    def deal(
+        self, shares: Sequence[Sequence[str]], *, replica_id: str, timings: Mapping[str, float]
+    ) -> None:
+        """One share to each writer, with the parent's replica id (its leases are theirs) and
+        API request times (to size its first reads); writers without a share exit."""
+        for index, (proc, conn) in enumerate(self._writers):
+            share = list(shares[index]) if index < len(shares) else []
+            if share:
+                orders = {"jobs": share, "replica_id": replica_id, "timings": dict(timings)}
+                _send(conn, orders)
+                self._working.append((proc, conn))
+            else:
+                _send(conn, None)
+        log.info("sync.writers", processes=len(self._working) + 1, jobs=[len(s) for s in shares])
 
     def wait(self, stats: CycleStats, stopping: threading.Event) -> None:
-        """Wait for every writer; once ``stopping`` is set, ask them to stop
-        (SIGTERM: they finish their open runs) and kill any still going after the shutdown
-        timeout."""
+        """Wait for every writer at work, taking its figures as it sends them; once
+        ``stopping`` is set, ask them to stop (SIGTERM: they finish their open runs) and kill
+        any still going after the shutdown timeout."""
         deadline: float | None = None
-        for proc, _ in self._procs:
-            while proc.poll() is None:
+        for proc, conn in self._working:
+            figures: dict[str, Any] | None = None
+            while figures is None:
                 if deadline is None and stopping.is_set():
                     self._terminate()
                     deadline = time.monotonic() + self._shutdown_timeout
                 if deadline is not None and time.monotonic() > deadline:
                     proc.kill()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=0.1)
-        for proc, figures in self._procs:
-            _add_figures(stats, figures, proc.returncode)
+                alive = proc.is_alive()
+                figures = _figures(conn, 0.1 if alive else 0)
+                if figures is None and not alive:
+                    figures = {}  # it died without a word: its exit code tells
+            proc.join()
+            _add_figures(stats, figures, proc.exitcode)
 
     def _terminate(self) -> None:
-        for proc, _ in self._procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+        for proc, _ in self._writers:
+            if proc.is_alive():
+                with contextlib.suppress(OSError, ValueError):
+                    proc.terminate()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def close(self) -> None:
+        """The end of the pool: writers still waiting for orders see the pipe closed and exit;
+        any still going after the shutdown timeout are stopped (SIGTERM, then SIGKILL)."""
+        for _, conn in self._writers:
+            conn.close()
+        deadline = time.monotonic() + self._shutdown_timeout
+        for proc, _ in self._writers:
+            proc.join(timeout=max(0.0, deadline - time.monotonic()))
         self._terminate()
-        for proc, _ in self._procs:
-            try:
-                proc.wait(timeout=self._shutdown_timeout)
-            except subprocess.TimeoutExpired:
+        for proc, _ in self._writers:
+            proc.join(timeout=self._shutdown_timeout)
+            if proc.is_alive():
                 proc.kill()
-                proc.wait()
-        self._tmp.cleanup()
+                proc.join()
 
 
-def _add_figures(stats: CycleStats, path: Path, code: int | None) -> None:
+def _send(conn: Connection, message: object) -> None:
+    with contextlib.suppress(OSError):  # the writer is gone: wait() reports its exit code
+        conn.send(message)
+
+
+def _figures(conn: Connection, timeout: float) -> dict[str, Any] | None:
+    """A writer's figures once it has sent them (None before); {} for a closed pipe."""
     try:
-        figures = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        figures = {}
+        if conn.poll(timeout):
+            figures = conn.recv()
+            return figures if isinstance(figures, dict) else {}
+    except (OSError, EOFError):
+        return {}
+    return None
+
+
+def _add_figures(stats: CycleStats, figures: Mapping[str, Any], code: int | None) -> None:
     stats.events += int(figures.get("events", 0))
     stats.rows_logged += int(figures.get("rows_logged", 0))
     stats.runs_finished += int(figures.get("runs_finished", 0))
@@ -155,50 +194,55 @@ def die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from bridge.app import build_bridge, close_one_shot  # noqa: PLC0415 - the writer's start-up
-    from bridge.daemon import install_signal_handlers  # noqa: PLC0415
-    from bridge.logs import configure_logging  # noqa: PLC0415
-    from bridge.settings import load_settings  # noqa: PLC0415
+def _receive(conn: Connection) -> Any:
+    """The parent's message; None once it has closed the pipe."""
+    try:
+        return conn.recv()
+    except (OSError, EOFError):
+        return None
 
-    parser = argparse.ArgumentParser(prog="python -m bridge.writers")
-    parser.add_argument("--parent", type=int, required=True)
-    parser.add_argument("--jobs", type=Path, required=True)
-    parser.add_argument("--stats", type=Path, required=True)
-    parser.add_argument("--config", type=Path)
-    parser.add_argument("--timings", type=json.loads, default={})
-    args = parser.parse_args(argv)
-    die_with_parent(args.parent)
-    settings = load_settings(args.config)
-    configure_logging(level=settings.log_level, fmt=settings.log_format)
-    bridge = build_bridge(settings, claim_lock=False)
+
+def writer_main(settings: Settings, conn: Connection, parent: int) -> None:
+    """A writer process: wait for its orders (the parent has listed the jobs), build a bridge
+    as the parent's replica, sync its share, send back the figures. Exits with 0, 1 (errors)
+    or 130 (asked to stop)."""
+    from bridge.app import build_bridge, close_one_shot  # noqa: PLC0415 - imported already
+    from bridge.daemon import install_signal_handlers  # noqa: PLC0415
+
+    die_with_parent(parent)
+    # Until its bridge can stop cleanly, a writer leaves Ctrl-C to the parent (which stops
+    # it with SIGTERM, whose default ends a process that holds nothing yet).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    orders = _receive(conn)
+    if not orders:
+        return
+    bridge = build_bridge(
+        settings.model_copy(update={"replica_id": orders["replica_id"]}), claim_lock=False
+    )
     install_signal_handlers(bridge.stopping)
-    bridge.assume_timings(args.timings)
-    only = set(json.loads(args.jobs.read_text(encoding="utf-8")))
+    bridge.assume_timings(orders["timings"])
+    log.info("sync.writer", jobs=len(orders["jobs"]), timings=orders["timings"])
     stats = CycleStats()
     try:
-        bridge.sync_unsynced(stats, only=only)
+        bridge.sync_unsynced(stats, only=set(orders["jobs"]))
     finally:
         bridge.close_runs()
         bridge.store.close()
         close_one_shot(bridge)
-    args.stats.write_text(
-        json.dumps(
-            {
-                "events": stats.events,
-                "rows_logged": stats.rows_logged,
-                "runs_finished": stats.runs_finished,
-                "errors": stats.errors + (["interrupted"] if bridge.stopping.is_set() else []),
-            }
-        ),
-        encoding="utf-8",
+    stopped = bridge.stopping.is_set()
+    errors = stats.errors + (["interrupted"] if stopped else [])
+    _send(
+        conn,
+        {
+            "events": stats.events,
+            "rows_logged": stats.rows_logged,
+            "runs_finished": stats.runs_finished,
+            "errors": errors,
+        },
     )
-    if bridge.stopping.is_set():
-        return 130
-    return 1 if stats.errors else 0
-
-
-if __name__ == "__main__":
-    from bridge.entry import leave
-
-    sys.exit(leave(main()))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if stopped:
+        sys.exit(130)
+    if errors:
+        sys.exit(1)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from bridge.emulator import Emulator, JobScenario
+from bridge.ports import JobState
 from bridge.wandbfile import find_run_files, read_merged
 from bridge.writers import share_out, writer_count
 from tests.conftest import BridgeProcess, wait_until
@@ -43,18 +44,27 @@ def _finished(emulator_jobs: int) -> list[JobScenario]:
 
 
 def _writer_pids(parent: int) -> list[int]:
-    """Live writer processes started by ``parent`` (their command line names it)."""
+    """Live writer processes of ``parent``: its children forked from it (their command line
+    is the parent's; its wandb-core's is not)."""
+    argv = Path(f"/proc/{parent}/cmdline").read_bytes()
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            same = (entry / "cmdline").read_bytes() == argv
+        except (OSError, ValueError, IndexError):
             continue
-        if b"bridge.writers" in argv and str(parent).encode() in argv:
+        if ppid == parent and same:
             found.append(int(entry.name))
     return found
+
+
+def _writer_timings(log: str) -> list[dict[str, float]]:
+    """The API request times each writer was given (its ``sync.writer`` line)."""
+    lines = [json.loads(line) for line in log.splitlines() if '"sync.writer"' in line]
+    return [line["timings"] for line in lines]
 
 
 @pytest.mark.e2e
@@ -90,8 +100,8 @@ def test_a_killed_sync_takes_its_writers_and_the_next_one_completes(
     wait_until(lambda: bool(_writer_pids(proc.pid)), 60, "a writer started")
     wait_until(lambda: bridge.raw_log().count('"run.opened"') >= 4, 120, "runs opened")
     writers = _writer_pids(proc.pid)
-    argv = Path(f"/proc/{writers[0]}/cmdline").read_bytes().decode().split("\0")
-    timings = json.loads(argv[argv.index("--timings") + 1])
+    assert len(writers) == 1, "one writer besides the parent"
+    [timings] = _writer_timings(bridge.raw_log())
     assert set(timings) == {"openai"} and timings["openai"] > 0, "the parent's request time"
     proc.send_signal(signal.SIGKILL)  # the parent alone, as the OOM killer would
     proc.wait(timeout=30)
@@ -107,3 +117,29 @@ def test_a_killed_sync_takes_its_writers_and_the_next_one_completes(
     for job in jobs:
         history = read_merged(bridge.wandb_dir, job.job_id).history
         assert [row["_step"] for row in history] == list(range(1, N_STEPS + 1)), job.job_id
+
+
+@pytest.mark.e2e
+def test_writers_left_without_a_share_exit_cleanly(
+    start_emulator: StartEmulator, bridge_process: MakeBridge
+) -> None:
+    """Writers are forked before the listing; with too few jobs to share they get none and
+    exit at once, their store closed (no write-ahead log left behind by a killed one)."""
+    emulator = start_emulator(_finished(5), time_scale=1)
+    bridge = bridge_process(emulator, FTBRIDGE_SYNC_WRITERS="3")
+    result = bridge.run("sync", "--all", timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    [line] = [json.loads(x) for x in result.stderr.splitlines() if '"sync.writers"' in x]
+    assert line["processes"] == 1 and line["jobs"] == []
+    assert '"sync.writer"' not in result.stderr
+    assert not bridge.db_path.with_name(bridge.db_path.name + "-wal").exists()
+    for job in _all_jobs(bridge):
+        assert job.synced and job.run_state == "finished"
+
+
+def _all_jobs(bridge: BridgeProcess) -> list[JobState]:
+    store = bridge.store()
+    try:
+        return store.all_jobs()
+    finally:
+        store.close()
