@@ -46,3 +46,9 @@ def test_a_schema_newer_than_the_code_is_refused(database_url: str) -> None:
     engine.dispose()
     with pytest.raises(StoreError, match="schema version 0099_future, newer than this ftbridge"):
         SqlStore(database_url)
+
+
+def test_the_head_the_store_checks_without_alembic_is_alembics_head() -> None:
+    """``migrate.HEAD`` lets a start skip Alembic when the schema is current: a new
+    migration must move it, or stores would stay at the older revision."""
+    assert migrate.head() == migrate.HEAD

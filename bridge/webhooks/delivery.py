@@ -17,7 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-import apprise
 import httpx
 import structlog
 
@@ -140,6 +139,8 @@ class HttpSender:
 def _notify(
     target: ChatTarget, event: WebhookEvent, *, allow_private: bool, timeout: float
 ) -> AttemptResult:
+    import apprise  # noqa: PLC0415 - about 0.1 s to import, only where chat targets are sent to
+
     title, body = chat_message(event)
     notifier = apprise.Apprise()
     if not notifier.add(target.url.get_secret_value()):

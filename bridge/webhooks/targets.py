@@ -23,7 +23,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import apprise
 import httpx
 from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, field_validator
 
@@ -112,6 +111,8 @@ class ChatTarget(_Filtered):
     @field_validator("url")
     @classmethod
     def _apprise_url(cls, value: SecretStr) -> SecretStr:
+        import apprise  # noqa: PLC0415 - only where chat targets are configured
+
         if apprise.Apprise.instantiate(value.get_secret_value()) is None:
             raise ValueError("url is not an Apprise URL that this install supports")
         return value
