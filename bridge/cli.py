@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import structlog
@@ -295,7 +295,7 @@ def _health(args: argparse.Namespace) -> int:
 def _sync(settings: Settings, args: argparse.Namespace) -> int:
     if bool(args.all) == bool(args.jobs):
         raise ConfigError("sync takes either --all or one or more job ids")
-    from bridge.app import build_bridge, close_one_shot  # noqa: PLC0415 - heavy: only when needed
+    from bridge.app import build_bridge  # noqa: PLC0415 - heavy: only when needed
     from bridge.sink_wandb import preload  # noqa: PLC0415
 
     pool = None
@@ -303,7 +303,7 @@ def _sync(settings: Settings, args: argparse.Namespace) -> int:
         preload()  # before the writers are forked: they start with it in memory
         pool = _writer_pool(settings)
     try:
-        return _sync_with(settings, args, build_bridge(settings), pool, close_one_shot)
+        return _sync_with(settings, args, build_bridge(settings), pool)
     finally:
         if pool is not None:
             pool.close()
@@ -314,8 +314,9 @@ def _sync_with(
     args: argparse.Namespace,
     bridge: Bridge | BridgeGroup,
     pool: WriterPool | None,
-    close_one_shot: Callable[[Bridge | BridgeGroup], None],
 ) -> int:
+    from bridge.app import close_one_shot  # noqa: PLC0415 - imported by _sync already
+
     # SIGTERM and Ctrl-C stop the walk over the API's pages and the wait for jobs; the runs
     # opened so far are finished before the exit (code 130).
     install_signal_handlers(bridge.stopping)
@@ -363,14 +364,13 @@ def sync_once(
         if job_ids is None:
             stats.jobs_seen = bridge.discover(full=True)
             unsynced = [state.job_id for state in bridge.store.unsynced_jobs()]
-            count = 1
-            if writers is not None and bridge.leases is not None:
-                count = writer_count(len(writers) + 1, len(unsynced))
-            shares = share_out(unsynced, count)
-            if writers is not None and bridge.leases is not None:
-                writers.deal(shares[1:], replica_id=bridge.leases.owner, timings=bridge.timings())
+            leases = bridge.leases
+            count = 1 if writers is None or leases is None else len(writers) + 1
+            shares = share_out(unsynced, writer_count(count, len(unsynced)))
+            if writers is not None and leases is not None:
+                writers.deal(shares[1:], replica_id=leases.owner, timings=bridge.timings())
             with SyncProgress(len(shares[0])) as progress:
-                if count == 1 or writers is None:
+                if writers is None or len(shares) == 1:
                     bridge.sync_unsynced(stats, progress.advance)
                 else:
                     bridge.sync_unsynced(stats, progress.advance, only=set(shares[0]))

@@ -12,9 +12,10 @@ the sync is a crash of every writer, repaired at the next start as any crash is.
 
 Writers are forked by ``sync --all`` before it opens anything (no thread, store connection,
 lock or wandb-core yet), once wandb, the SDKs and SQLAlchemy are imported: a writer starts
-with them in memory instead of importing them again (about 2 s of CPU a process), and builds
-its bridge while the parent lists the jobs. Where fork is not available, or a thread is
-already running, they are spawned (a fresh interpreter) with the same orders.
+with them in memory instead of importing them again (about 2 s of CPU a process), waits for
+its orders while the parent lists the jobs, then builds its bridge. Where fork is not
+available, or a thread is already running, they are spawned (a fresh interpreter) with the
+same orders.
 """
 
 from __future__ import annotations
@@ -45,8 +46,6 @@ log = structlog.get_logger(__name__)
 #: Below this many jobs per writer, one more process does not pay.
 MIN_JOBS_PER_WRITER = 10
 _PR_SET_PDEATHSIG = 1
-#: How often a waiting writer looks whether it was asked to stop.
-_POLL = 0.2
 
 
 def writer_count(configured: int, jobs: int | None, cpus: int | None = None) -> int:
@@ -72,15 +71,14 @@ def start_method() -> str:
 
 
 class WriterPool:
-    """Writer processes started before the parent builds its bridge; told the replica id
-    (:meth:`go`), then each its share (:meth:`deal`); :meth:`wait` collects their figures."""
+    """Writer processes started before the parent builds its bridge; each is given its
+    share (:meth:`deal`), :meth:`wait` collects their figures, :meth:`close` ends them."""
 
     def __init__(self, settings: Settings, processes: int, *, shutdown_timeout: float) -> None:
         self._shutdown_timeout = shutdown_timeout
-        self.method = start_method()
         context = (
             multiprocessing.get_context("fork")
-            if self.method == "fork"
+            if start_method() == "fork"
             else multiprocessing.get_context("spawn")
         )
         self._writers: list[tuple[BaseProcess, Connection]] = []

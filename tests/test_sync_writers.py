@@ -76,12 +76,8 @@ def test_writers_backfill_every_run_once(
     result = bridge.run("sync", "--all", timeout=240)
     assert result.returncode == 0, result.stderr[-2000:]
     assert '"sync.writers"' in result.stdout + result.stderr
-    store = bridge.store()
-    try:
-        jobs = store.all_jobs()
-        assert len(jobs) == N_JOBS and all(j.synced and j.run_state == "finished" for j in jobs)
-    finally:
-        store.close()
+    jobs = _all_jobs(bridge)
+    assert len(jobs) == N_JOBS and all(j.synced and j.run_state == "finished" for j in jobs)
     for job in jobs:
         history = read_merged(bridge.wandb_dir, job.job_id).history
         assert [row["_step"] for row in history] == list(range(1, N_STEPS + 1))
@@ -99,6 +95,8 @@ def test_a_killed_sync_takes_its_writers_and_the_next_one_completes(
     proc = bridge.start("sync", "--all")
     wait_until(lambda: bool(_writer_pids(proc.pid)), 60, "a writer started")
     wait_until(lambda: bridge.raw_log().count('"run.opened"') >= 4, 120, "runs opened")
+    # The writer says its orders once its bridge is built, maybe after the parent's runs.
+    wait_until(lambda: bool(_writer_timings(bridge.raw_log())), 60, "the writer's orders")
     writers = _writer_pids(proc.pid)
     assert len(writers) == 1, "one writer besides the parent"
     [timings] = _writer_timings(bridge.raw_log())
@@ -108,12 +106,8 @@ def test_a_killed_sync_takes_its_writers_and_the_next_one_completes(
     wait_until(lambda: not any(Path(f"/proc/{p}").exists() for p in writers), 30, "writers gone")
     result = bridge.run("sync", "--all", timeout=240)
     assert result.returncode == 0, result.stderr[-2000:]
-    store = bridge.store()
-    try:
-        jobs = store.all_jobs()
-        assert len(jobs) == N_JOBS and all(j.synced for j in jobs)
-    finally:
-        store.close()
+    jobs = _all_jobs(bridge)
+    assert len(jobs) == N_JOBS and all(j.synced for j in jobs)
     for job in jobs:
         history = read_merged(bridge.wandb_dir, job.job_id).history
         assert [row["_step"] for row in history] == list(range(1, N_STEPS + 1)), job.job_id
