@@ -16,7 +16,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from bridge.engine import Bridge, CycleStats
 from bridge.entry import interrupted_early
-from bridge.errors import BridgeError, RetryableError
+from bridge.errors import BridgeError, Interrupted, RetryableError
 from bridge.group import BridgeGroup
 from bridge.leases import Leases
 from bridge.metrics import BridgeMetrics
@@ -51,6 +51,10 @@ class Poller:
             started = time.monotonic()
             try:
                 stats = self.bridge.poll()
+            except Interrupted as error:
+                # A stop asked for mid-cycle: not a failure, and nothing to back off from.
+                log.info("cycle.interrupted", reason=str(error))
+                return None
             except RetryableError as error:
                 self._failed(error, started)
                 self._back_off(str(error), error.retry_after)

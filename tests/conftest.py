@@ -117,7 +117,14 @@ class BridgeProcess:
 
     def stop(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> int:
         proc.send_signal(sig)
-        return proc.wait(timeout=40)
+        try:
+            return proc.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            # What the bridge was doing when it did not stop: the failure says it.
+            tail = "\n".join(self.raw_log().splitlines()[-25:])
+            raise AssertionError(
+                f"the bridge did not stop within 40 s; its log ends:\n{tail}"
+            ) from None
 
     def kill_all(self) -> None:
         for proc in self.procs:

@@ -17,9 +17,9 @@ import structlog
 import structlog.testing
 
 from bridge import entry, schema
-from bridge.daemon import install_signal_handlers, run_daemon
+from bridge.daemon import Poller, install_signal_handlers, run_daemon
 from bridge.engine import Bridge, CycleStats
-from bridge.errors import SinkUnavailable, SourceUnavailable
+from bridge.errors import Interrupted, SinkUnavailable, SourceUnavailable
 from bridge.malloc import limit_arenas
 from bridge.mapping import WandbDefaults
 from bridge.memory import MemorySink, MemorySource
@@ -507,3 +507,22 @@ def test_a_writer_process_sizes_its_first_reads_on_the_parents_timings(
     assert writer.reading_threads(jobs) == 64
     writer.assume_timings({source.name: 0.001})
     assert writer.reading_threads(jobs) == 64, "its own timings are not overwritten"
+
+
+def test_a_cycle_cut_short_by_a_stop_is_not_a_failure(source: MemorySource, tmp_path: Path) -> None:
+    """A stop asked for while a page is read ends the cycle with ``Interrupted``: the poller says
+    so at info, counts no failure and sets no backoff (on-call people watch ``cycle.failed``)."""
+    source.put_job(job("ftjob-a"))
+    bridge = make_bridge(source, MemorySink(), tmp_path / "s.db")
+
+    def stopped_poll() -> CycleStats:
+        raise Interrupted("list jobs: stopped")
+
+    setattr(bridge, "poll", stopped_poll)  # noqa: B010 - an instance attribute on purpose
+    poller = Poller(bridge, interval=1.0, backoff_max=5.0)
+    with structlog.testing.capture_logs() as logs:
+        assert poller.tick() is None
+    assert poller.failures == 0
+    assert poller.not_before == 0.0
+    assert [line["event"] for line in logs] == ["cycle.interrupted"]
+    assert logs[0]["log_level"] == "info"
