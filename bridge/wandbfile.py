@@ -14,6 +14,7 @@ not, so that "the steps on disk" is always a prefix of the steps logged.)
 from __future__ import annotations
 
 import json
+import os
 import re
 import struct
 import time
@@ -127,6 +128,16 @@ def _chunks(file: IO[bytes]) -> Iterator[tuple[int, bytes]]:
         yield kind, payload
 
 
+def _from_a_record_start(chunks: Iterable[tuple[int, bytes, int]]) -> Iterator[tuple[int, bytes]]:
+    """(type, payload) of the chunks from the first that starts a record (read from a block
+    in the middle of the file, the first chunks may end a record that started before)."""
+    started = False
+    for kind, payload, _ in chunks:
+        started = started or kind in (_FULL, _FIRST)
+        if started:
+            yield kind, payload
+
+
 def _payloads(chunks: Iterable[tuple[int, bytes]]) -> Iterator[bytes]:
     """Join chunks into record payloads; an out-of-sequence chunk ends the log."""
     parts: list[bytes] | None = None
@@ -189,10 +200,15 @@ def cut_to_whole_records(path: str | Path) -> tuple[int, bool]:
     return size - end, has_run
 
 
-def _positioned_chunks(file: IO[bytes]) -> Iterator[tuple[int, bytes, int]]:
-    """Like :func:`_chunks`, with the file offset where each chunk ends."""
-    block_start = 0
-    block, pos = FILE_HEADER + file.read(BLOCK_SIZE - len(FILE_HEADER)), len(FILE_HEADER)
+def _positioned_chunks(file: IO[bytes], first_block: int = 0) -> Iterator[tuple[int, bytes, int]]:
+    """Like :func:`_chunks`, with the file offset where each chunk ends; from block
+    ``first_block`` on (a chunk never spans two blocks, so every block starts with one)."""
+    block_start = first_block * BLOCK_SIZE
+    if first_block == 0:
+        block, pos = FILE_HEADER + file.read(BLOCK_SIZE - len(FILE_HEADER)), len(FILE_HEADER)
+    else:
+        file.seek(block_start)
+        block, pos = file.read(BLOCK_SIZE), 0
     while True:
         while pos + _CHUNK.size <= len(block):
             crc, length, kind = _CHUNK.unpack_from(block, pos)
@@ -357,11 +373,17 @@ def wait_for_exit(path: str | Path, timeout: float = 10.0) -> RunLog:
 
 
 def _ends_with_exit(path: str | Path) -> bool:
-    """Whether the file's last complete record is the exit record (only that one decoded)."""
+    """Whether the file's last complete record is the exit record (only that one decoded).
+    Only the last two blocks are read: the exit record is small, so it starts in one of
+    them, and the chunks before the first record that starts there are skipped."""
     last = None
     with Path(path).open("rb") as file:
         _check_header(path, file.read(len(FILE_HEADER)))
-        for payload in _payloads(_chunks(file)):
+        size = file.seek(0, os.SEEK_END)
+        first_block = max(0, size // BLOCK_SIZE - 1)
+        if first_block == 0:
+            file.seek(len(FILE_HEADER))
+        for payload in _payloads(_from_a_record_start(_positioned_chunks(file, first_block))):
             last = payload
     if last is None:
         return False

@@ -22,6 +22,7 @@ from bridge.wandbfile import (
     read_run,
     steps,
     wait_for_exit,
+    wait_for_exit_record,
 )
 
 BIG_NOTE = "x" * 70_000  # a config value spanning three 32 KiB blocks (FIRST, MIDDLE, LAST)
@@ -142,6 +143,29 @@ def test_truncated_at_any_byte_yields_a_prefix(written: Written, tmp_path: Path)
         assert len(got) >= seen  # more bytes never mean fewer records
         seen = len(got)
     assert seen == len(full) - 1  # one byte short loses exactly the last record
+
+
+def test_the_exit_record_is_found_from_the_tail_as_a_whole_read_finds_it(
+    written: Written, tmp_path: Path
+) -> None:
+    """``wait_for_exit_record`` reads only the last two blocks: at every cut of a file
+    whose first record spans three blocks, it says what reading the whole file says."""
+    data = written.path.read_bytes()
+    cut_file = tmp_path / "run-ftjob-abc.wandb"
+    ends = 0
+    for cut in [*range(len(FILE_HEADER), len(data), 97), len(data) - 1, len(data)]:
+        cut_file.write_bytes(data[:cut])
+        records = list(iter_records(cut_file))
+        whole = bool(records) and records[-1].WhichOneof("record_type") == "exit"
+        try:
+            wait_for_exit_record(cut_file, timeout=0)
+        except TimeoutError:
+            tail = False
+        else:
+            tail = True
+        assert tail == whole, cut
+        ends += tail
+    assert ends >= 1  # the whole file ends with its exit record
 
 
 def test_corrupt_byte_stops_reading_there(written: Written, tmp_path: Path) -> None:
