@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from bridge import mapping, migrate, schema, statements
+from bridge.bulk import execute_many
 from bridge.errors import StoreError, StoreUnavailable
 from bridge.ports import (
     EventState,
@@ -340,7 +341,7 @@ class SqlStore:
                 rows.append(_event_row(job_id, event_id, event, seqs[job_id], filled[job_id]))
                 seqs[job_id] += 1
         if rows:
-            conn.execute(statements.INSERT_EVENTS, rows)
+            execute_many(conn, statements.INSERT_EVENTS, rows)
             moved = {row["job_id"] for row in rows}
             conn.execute(
                 statements.SET_NEXT_SEQ, [{"b_job": j, "b_seq": seqs[j]} for j in sorted(moved)]
@@ -395,7 +396,7 @@ class SqlStore:
         if not placed:
             return
         rows = [{"b_job": job_id, "b_event": k, "b_at": at} for k, at in placed.items()]
-        conn.execute(statements.MARK_SENT, rows)
+        execute_many(conn, statements.MARK_SENT, rows)
 
     def send_pending(self, job_id: str, place: Placer) -> list[StoredEvent]:
         return self.send_pending_many([job_id], lambda _job, *args: place(*args))[job_id]
@@ -433,7 +434,7 @@ class SqlStore:
             placed = place(job_id, pending[job_id], last)
             marks.extend({"b_job": job_id, "b_event": k, "b_at": at} for k, at in placed.items())
         if marks:
-            conn.execute(statements.MARK_SENT, marks)
+            execute_many(conn, statements.MARK_SENT, marks)
         return pending
 
     def close_run(self, job_id: str, run_state: RunState) -> None:
