@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -113,10 +114,14 @@ def run_backfill(
     *,
     only: Sequence[str] = CONTENDERS,
     latency: float = 0.0,
+    rounds: int = 1,
 ) -> Result:
+    """Each contender timed ``rounds`` times, in turns (round 1: every contender, then
+    round 2...), so that a slow minute of a shared machine weighs on all of them; the
+    figures and ratios are of each contender's median wall time."""
     say(
         f"\n== 1. Backfill: {n_jobs} finished jobs x {n_steps} steps into offline W&B, "
-        f"{latency * 1000:g} ms per API request =="
+        f"{latency * 1000:g} ms per API request, {rounds} round(s) =="
     )
     scenario = Scenario(seed=1, jobs=finished_jobs(n_jobs, n_steps))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -161,14 +166,32 @@ def run_backfill(
             ),
         ]
         contenders = [c for c in contenders if c.name in only]
-        figures: dict[str, Result] = {}
-        for contender in contenders:
-            figures[contender.name] = _time(contender, emu, rows)
-            say(
-                f"  {contender.label}: {figures[contender.name]['wall_s']:.2f} s, "
-                f"{figures[contender.name]['runs_ok']}/{n_jobs} runs complete"
-            )
+        timed: dict[str, list[Result]] = {c.name: [] for c in contenders}
+        for round_no in range(1, max(1, rounds) + 1):
+            for contender in contenders:
+                one = _time(contender, emu, rows)
+                timed[contender.name].append(one)
+                say(
+                    f"  round {round_no}, {contender.label}: {one['wall_s']:.2f} s, "
+                    f"{one['runs_ok']}/{n_jobs} runs complete"
+                )
+    figures = {name: _median(results) for name, results in timed.items()}
     return _report(n_jobs, n_steps, contenders, figures, latency)
+
+
+def _median(results: list[Result]) -> Result:
+    """One contender's rounds as one: the median wall time (and every round's), the fewest
+    runs complete, the most requests, every problem seen."""
+    middle = statistics.median(r["wall_s"] for r in results)
+    worst = min(results, key=lambda r: r["runs_ok"])
+    return {
+        **worst,
+        "wall_s": middle,
+        "walls_s": [r["wall_s"] for r in results],
+        "requests": max(r["requests"] for r in results),
+        "problems": [p for r in results for p in r["problems"]][:10],
+        "exit_code": max(results, key=lambda r: abs(r["exit_code"]))["exit_code"],
+    }
 
 
 def _time(contender: Contender, emu: EmulatorProcess, rows: RowsByJob) -> Result:
@@ -219,6 +242,7 @@ def _report(
         [
             c.label,
             figures[c.name]["wall_s"],
+            " ".join(f"{w:.1f}" for w in figures[c.name]["walls_s"]),
             figures[c.name]["wall_s"] / n_jobs * 1000,
             figures[c.name]["requests"],
             f"{figures[c.name]['runs_ok']}/{n_jobs}",
@@ -230,8 +254,16 @@ def _report(
     say(
         table(
             f"Backfill, {n_jobs} jobs x {n_steps} steps, {latency * 1000:g} ms per API "
-            "request (wall time, process start to exit)",
-            ["contender", "wall s", "ms/job", "API requests", "runs complete", "x ftbridge"],
+            "request (median wall time of the rounds, process start to exit)",
+            [
+                "contender",
+                "wall s",
+                "rounds s",
+                "ms/job",
+                "API requests",
+                "runs complete",
+                "x ftbridge",
+            ],
             rows,
         )
     )

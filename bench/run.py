@@ -60,6 +60,12 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         help="seconds per API request in the backfill (repeatable; default 0 and 0.15)",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="times each backfill contender runs, in turns; medians compared (default 3, quick 1)",
+    )
     parser.add_argument("--workdir", type=Path, help="keep files here (default: a temp dir)")
     parser.add_argument("--json", type=Path, help="also write the JSON figures to this file")
     return parser
@@ -73,6 +79,7 @@ def run(
     soak_seconds: float | None = None,
     lag_seconds: float | None = None,
     latencies: list[float] | None = None,
+    rounds: int | None = None,
 ) -> dict[str, Any]:
     """Run the chosen benchmarks; returns their figures (also printed)."""
     from bench.api_cost import run_api_cost  # noqa: PLC0415 - after the sys.path fix
@@ -89,6 +96,7 @@ def run(
                 *((10, 20) if quick else (100, 200)),
                 workdir / f"backfill-{latency * 1000:g}ms",
                 latency=latency,
+                rounds=rounds if rounds is not None else (1 if quick else 3),
             )
             for latency in (latencies or [0.0, 0.15])
         },
@@ -172,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             soak_seconds=args.soak_seconds,
             lag_seconds=args.lag_seconds,
             latencies=args.latency,
+            rounds=args.rounds,
         )
     print(f"revision measured: {results['revision']}", flush=True)
     line = json.dumps(_jsonable(results), default=str, allow_nan=False, separators=(",", ":"))

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bench.api_cost import run_api_cost
-from bench.backfill import run_backfill
+from bench.backfill import _median, run_backfill
 from bench.footprint import run_footprint
 from bench.lag import run_lag
 
@@ -28,6 +28,25 @@ def test_backfill_writes_every_run(tmp_path: Path) -> None:
         assert figures["exit_code"] == 0, (name, figures["problems"])
         assert figures["runs_ok"] == 2, (name, figures["problems"])
     assert result["contenders"]["floor"]["requests"] == 0, "the floor makes no API call"
+
+
+def test_rounds_are_compared_by_their_median_and_their_worst_run() -> None:
+    def one(wall: float, ok: int, code: int = 0) -> dict[str, object]:
+        problems = [] if ok == 3 else [f"run {ok}"]
+        return {
+            "wall_s": wall,
+            "runs_ok": ok,
+            "requests": 5,
+            "problems": problems,
+            "exit_code": code,
+        }
+
+    merged = _median([one(9.0, 3), one(4.0, 2, 1), one(6.0, 3)])
+    assert merged["wall_s"] == 6.0
+    assert merged["walls_s"] == [9.0, 4.0, 6.0]
+    assert merged["runs_ok"] == 2
+    assert merged["exit_code"] == 1
+    assert merged["problems"] == ["run 2"]
 
 
 def test_api_cost_counts_idle_cycles(tmp_path: Path) -> None:
