@@ -358,6 +358,7 @@ class Bridge:
         claimed = self._claim(unsynced)
         if not claimed:
             return
+        self.sink.new_pass()
         threads = self.reading_threads(claimed)
         pool = ThreadPoolExecutor(threads, thread_name_prefix="ftbridge-fetch")
         refused: list[SinkUnavailable] = []

@@ -172,6 +172,9 @@ class MemorySink:
     def reset(self) -> None:
         return None
 
+    def new_pass(self) -> None:
+        return None
+
     def log_artifact(self, run_id: str, spec: ArtifactSpec) -> None:
         self._current(run_id).artifacts.append(spec)
 

@@ -88,6 +88,11 @@ class RunSink(Protocol):
         """Release blocked run ids; only with no run open."""
         ...
 
+    def new_pass(self) -> None:
+        """A pass over the jobs begins, their leases held: what the sink listed of earlier
+        runs' files before now may be stale (other processes may have held these jobs)."""
+        ...
+
     def log_artifact(self, run_id: str, spec: ArtifactSpec) -> None: ...
 
     def use_artifact(self, run_id: str, path: str, kind: str) -> None:

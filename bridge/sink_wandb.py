@@ -26,13 +26,13 @@ import wandb
 from wandb.sdk.wandb_alerts import AlertLevel
 
 from bridge.errors import SinkUnavailable
+from bridge.folder_index import FolderIndex
 from bridge.mapping import ArtifactSpec, RunSpec
 from bridge.ports import Json, OpenedRun, PlacedRow
 from bridge.wandb_history import log_rows
 from bridge.wandbfile import (
     WandbFileError,
     cut_to_whole_records,
-    find_run_files,
     read_run,
     run_folders,
     wait_for_exit_record,
@@ -111,6 +111,7 @@ class WandbSink:
         self._blocked: set[str] = set()
         self._failed_at: float | None = None
         options.directory.mkdir(parents=True, exist_ok=True)
+        self._folders = FolderIndex(options.directory)
         if options.core_gogc is not None:
             # Read by wandb-core when it starts (it inherits this process's environment).
             os.environ.setdefault("GOGC", str(options.core_gogc))
@@ -150,7 +151,8 @@ class WandbSink:
             raise SinkUnavailable(f"W&B did not open run {spec.run_id}: W&B is unreachable")
         if self._options.mode == "offline":
             self._tidy_segments(spec.run_id)
-        before = self._run_folders(spec.run_id)
+        before = set(self._folders.folders(spec.run_id))
+        started = time.time()
         try:
             run = wandb.init(
                 id=spec.run_id,
@@ -166,9 +168,10 @@ class WandbSink:
             )
         except Exception as error:  # noqa: BLE001 - wandb raises many kinds; all mean "not now"
             self._failed_at = time.monotonic()
-            self._forget_failed_init(spec.run_id, before)
+            self._forget_failed_init(spec.run_id, before, started)
             raise SinkUnavailable(f"W&B did not open run {spec.run_id}: {_reason(error)}") from None
         self._failed_at = None
+        self._folders.add(Path(str(run.settings.sync_file)).parent)
         run.define_metric(STEP_KEY)
         run.define_metric("*", step_metric=STEP_KEY, step_sync=True)
         self._runs[spec.run_id] = run
@@ -189,19 +192,20 @@ class WandbSink:
             return False
         return True
 
-    def _run_folders(self, run_id: str) -> set[Path]:
-        """This run id's folders only: another process (a writer of the same backfill) may
-        be creating the folder of an id this one is a prefix of."""
-        return set(run_folders(self._options.directory, run_id))
+    def new_pass(self) -> None:
+        self._folders.stale()
 
-    def _forget_failed_init(self, run_id: str, before: set[Path]) -> None:
+    def _forget_failed_init(self, run_id: str, before: set[Path], started: float) -> None:
         """A failed ``wandb.init`` leaves a folder behind, and its run id registered in
         wandb-core: every later init of that id in this process fails at once with "run ID
-        ... is in use", even once W&B is back. The folder goes; the id is released by
-        ``wandb.teardown()``, which also stops wandb-core, so it waits until no run is open
-        here (see :meth:`blocked`)."""
-        for folder in self._run_folders(run_id) - before:
-            shutil.rmtree(folder, ignore_errors=True)
+        ... is in use", even once W&B is back. The folder goes (this run id's only: another
+        process, a writer of the same backfill, may be creating the folder of an id this one
+        is a prefix of; and only one made since the init began, however old the listing
+        ``before`` came from); the id is released by ``wandb.teardown()``, which also stops
+        wandb-core, so it waits until no run is open here (see :meth:`blocked`)."""
+        for folder in set(run_folders(self._options.directory, run_id)) - before:
+            if _made_since(folder, started):
+                shutil.rmtree(folder, ignore_errors=True)
         self._blocked.add(run_id)
         if not self._runs:
             self.reset()
@@ -357,8 +361,9 @@ class WandbSink:
     def _tidy_segments(self, run_id: str) -> None:
         """Before a run opens again offline: every earlier segment of it must be a file that
         ``wandb sync`` reads to the end, including one a kill left before the store knew it."""
-        for path in find_run_files(self._options.directory, run_id):
-            if path.parent.name.startswith("offline-run-"):
+        for folder in self._folders.folders(run_id):
+            path = folder / f"run-{run_id}.wandb"
+            if folder.name.startswith("offline-run-") and path.is_file():
                 self._make_whole(path)
 
     def _make_whole(self, path: Path) -> bool:
@@ -379,6 +384,14 @@ class WandbSink:
         if cut:
             log.info("wandb.segment_cut", segment=str(path), bytes_cut=cut)
         return True
+
+
+def _made_since(folder: Path, started: float) -> bool:
+    """Whether the folder was made at or after ``started`` (its name has whole seconds)."""
+    try:
+        return folder.stat().st_mtime >= started - 1.0
+    except OSError:
+        return False
 
 
 def _bad_float(value: object) -> bool:

@@ -409,9 +409,14 @@ def run_folders(wandb_dir: str | Path, run_id: str) -> list[Path]:
     `[offline-]run-<YYYYmmdd_HHMMSS>-<id>[-<n>]`; `-<n>` separates folders started in the
     same second. The timestamp is local time, with one-second resolution.
     """
-    found: list[tuple[str, int, Path]] = []
     root = Path(wandb_dir) / "wandb"
-    for folder in root.glob(f"*run-*-{run_id}*"):
+    return in_order(run_id, root.glob(f"*run-*-{run_id}*"))
+
+
+def in_order(run_id: str, folders: Iterable[Path]) -> list[Path]:
+    """Those of ``folders`` that are `run_id`'s (see :func:`run_folders`), oldest first."""
+    found: list[tuple[str, int, Path]] = []
+    for folder in folders:
         match = _RUN_DIR.fullmatch(folder.name)
         if match is None:
             continue
@@ -421,6 +426,17 @@ def run_folders(wandb_dir: str | Path, run_id: str) -> list[Path]:
         elif rest.startswith(f"{run_id}-") and rest[len(run_id) + 1 :].isdigit():
             found.append((match["time"], int(rest[len(run_id) + 1 :]), folder))
     return [folder for *_, folder in sorted(found)]
+
+
+def run_id_candidates(folder_name: str) -> tuple[str, ...]:
+    """The run ids a folder may be of: `<id>`, and `<id>` less a `-<n>` suffix (an id may
+    itself end in `-<digits>`); none for a name that is not a run folder's."""
+    match = _RUN_DIR.fullmatch(folder_name)
+    if match is None:
+        return ()
+    rest = match["rest"]
+    head, dash, tail = rest.rpartition("-")
+    return (rest, head) if dash and head and tail.isdigit() else (rest,)
 
 
 def find_run_files(wandb_dir: str | Path, run_id: str) -> list[Path]:
