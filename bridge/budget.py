@@ -126,3 +126,26 @@ class JobBudget(Generic[T]):
                 detail="its API reads take longer than the budget; left for a later cycle",
             )
         return late
+
+
+class Beside:
+    """A read run in a thread of its own beside the caller's (one job's reads that do not
+    depend on each other); :meth:`result` waits for it and raises what it raised. The thread
+    is named as the reading threads are, so that an exit waits for it as for them."""
+
+    def __init__(self, read: Callable[[], object]) -> None:
+        self._read = read
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="ftbridge-fetch-beside", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._read()
+        except BaseException as error:  # noqa: BLE001 - handed to the caller by result()
+            self._error = error
+
+    def result(self) -> None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error

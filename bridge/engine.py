@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from bridge import datasets, mapping, prices, routing
-from bridge.budget import JobBudget, ReadsInFlight
+from bridge.budget import Beside, JobBudget, ReadsInFlight
 from bridge.errors import JobNotFound, RetryableError, SinkUnavailable
 from bridge.evals.sampler import Sampler
 from bridge.leases import Leases
@@ -524,19 +524,30 @@ class Bridge:
     def _fetch(self, state: JobState) -> tuple[list[Json], JobState]:
         """The API side of a job's sync (run in a worker thread): its new events (returned,
         oldest first, for :meth:`_write` to store), its snapshot again when they hint at a
-        status change, and what a finished job's outputs need."""
-        fresh = self._new_events(state.job_id)
-        fetched = self._fetched_at.get(state.job_id, float("-inf"))
-        hinted = state.job_id in self._hinted
-        self._hinted.discard(state.job_id)
-        if hinted and fetched < self._cycle_started:
-            self.refresh(state.job_id)
-            state = self.store.get_job(state.job_id) or state
+        status change, and what a finished job's outputs need. A job known to be over reads
+        its outputs beside its events (with 150 ms a request, a finished job's five reads
+        took 0.75 s one after another, and the first run of a backfill waited on them)."""
+        ahead = None
+        if mapping.is_terminal(state.status) and mapping.should_write_run(
+            state.job, self.native_mode
+        ):
+            ahead = Beside(functools.partial(self.outputs.prefetch, state))
+        try:
+            fresh = self._new_events(state.job_id)
+            fetched = self._fetched_at.get(state.job_id, float("-inf"))
+            hinted = state.job_id in self._hinted
+            self._hinted.discard(state.job_id)
+            if hinted and fetched < self._cycle_started:
+                self.refresh(state.job_id)
+                state = self.store.get_job(state.job_id) or state
+        finally:
+            if ahead is not None:
+                ahead.result()  # its error, if any, is the job's
         if not mapping.should_write_run(state.job, self.native_mode):
             return fresh, state
-        if mapping.is_terminal(state.status):
+        if mapping.is_terminal(state.status) and ahead is None:
             self.outputs.prefetch(state)
-        elif fresh and epoch_ends_in(fresh, state.job):
+        elif not mapping.is_terminal(state.status) and fresh and epoch_ends_in(fresh, state.job):
             self.outputs.prefetch_checkpoints(state.job_id)
         return fresh, state
 

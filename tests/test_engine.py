@@ -9,6 +9,7 @@ import platform
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -526,3 +527,52 @@ def test_a_cycle_cut_short_by_a_stop_is_not_a_failure(source: MemorySource, tmp_
     assert poller.not_before == 0.0
     assert [line["event"] for line in logs] == ["cycle.interrupted"]
     assert logs[0]["log_level"] == "info"
+
+
+class _OutputsBeside(MemorySource):
+    """Events that wait (up to 5 s) for the job's checkpoints to be asked for, and say whether
+    they were; checkpoints that fail when ``away``."""
+
+    def __init__(self) -> None:
+        super().__init__(page_size=3)
+        self.listed = threading.Event()
+        self.beside: list[bool] = []
+        self.away = False
+
+    def checkpoints(self, job_id: str) -> list[Json]:
+        self.listed.set()
+        if self.away:
+            raise SourceUnavailable("checkpoints: the API is away")
+        return super().checkpoints(job_id)
+
+    def event_pages(self, job_id: str, first_page: int | None = None) -> Iterator[list[Json]]:
+        self.beside.append(self.listed.wait(5))
+        return super().event_pages(job_id, first_page)
+
+
+def test_a_finished_jobs_outputs_are_read_beside_its_events(tmp_path: Path) -> None:
+    source = _OutputsBeside()
+    source.put_job(job("ftjob-done", status="succeeded"))
+    add_steps(source, "ftjob-done", range(1, 4))
+    sink = MemorySink()
+    stats = make_bridge(source, sink, tmp_path / "s.db").poll()
+    assert source.beside == [True]
+    assert steps_of(sink, "ftjob-done") == [1, 2, 3]
+    assert stats.runs_finished == 1
+
+
+def test_an_outputs_read_that_fails_beside_the_events_fails_the_jobs_read(tmp_path: Path) -> None:
+    source = _OutputsBeside()
+    source.away = True
+    source.put_job(job("ftjob-done", status="succeeded"))
+    add_steps(source, "ftjob-done", range(1, 4))
+    sink = MemorySink()
+    bridge = make_bridge(source, sink, tmp_path / "s.db")
+    stats = bridge.poll()
+    assert any("the API is away" in error for error in stats.errors)
+    assert stats.runs_finished == 0
+    assert not sink.segments, "nothing written for a job whose reads failed"
+    source.away = False
+    source.listed.clear()
+    assert bridge.poll().runs_finished == 1  # read again, and finished, next cycle
+    assert steps_of(sink, "ftjob-done") == [1, 2, 3]
