@@ -526,7 +526,9 @@ class Bridge:
         oldest first, for :meth:`_write` to store), its snapshot again when they hint at a
         status change, and what a finished job's outputs need. A job known to be over reads
         its outputs beside its events (with 150 ms a request, a finished job's five reads
-        took 0.75 s one after another, and the first run of a backfill waited on them)."""
+        took 0.75 s one after another, and the first run of a backfill waited on them). Once
+        its events are read, nothing else that fails here fails the read: the events must
+        reach the store (see :meth:`Outputs.prefetch`)."""
         ahead = None
         if mapping.is_terminal(state.status) and mapping.should_write_run(
             state.job, self.native_mode
@@ -538,8 +540,15 @@ class Bridge:
             hinted = state.job_id in self._hinted
             self._hinted.discard(state.job_id)
             if hinted and fetched < self._cycle_started:
-                self.refresh(state.job_id)
-                state = self.store.get_job(state.job_id) or state
+                try:
+                    self.refresh(state.job_id)
+                except RetryableError as error:
+                    # The events read stay this cycle's (a source with a cursor of its own
+                    # does not give them again); the snapshot is read next cycle.
+                    self._hinted.add(state.job_id)
+                    log.debug("job.refresh_later", job_id=state.job_id, error=str(error))
+                else:
+                    state = self.store.get_job(state.job_id) or state
         finally:
             if ahead is not None:
                 ahead.result()  # its error, if any, is the job's

@@ -14,7 +14,7 @@ from typing import Any
 import structlog
 
 from bridge import datasets, mapping, results
-from bridge.errors import JobNotFound, SinkUnavailable, SourceRejected
+from bridge.errors import JobNotFound, RetryableError, SinkUnavailable, SourceRejected
 from bridge.mapping import ArtifactSpec
 from bridge.ports import JobSource, JobState, Json, RunSink, StateStore, StoredEvent
 
@@ -75,23 +75,27 @@ class Outputs:
         in a reading thread, not on the thread that writes every job's rows)."""
         try:
             listed = self.source.checkpoints(job_id)
-        except (JobNotFound, SourceRejected):
+        except (JobNotFound, SourceRejected, RetryableError):
             return  # the writer asks again, and says why
         with self._lock:
             self._checkpoints[job_id] = listed
 
     def prefetch(self, state: JobState) -> None:
-        """Read a finished job's checkpoints and result files ahead of writing its run."""
+        """Read a finished job's checkpoints and result files ahead of writing its run. A
+        read that fails here is left to the writer, which reads again (after the job's
+        events are stored) and says why: failing the job's read would drop the events read
+        with it, which a source that keeps its own cursor (Together's metrics) does not
+        give again."""
         done = self.store.logged_artifacts(state.job_id)
         try:
             listed = self.source.checkpoints(state.job_id)
-        except (JobNotFound, SourceRejected):
+        except (JobNotFound, SourceRejected, RetryableError):
             listed = None
         files = state.job.get("result_files") if state.status == "succeeded" else None
         contents = {}
         for file_id in files if isinstance(files, list) else []:
             if isinstance(file_id, str) and f"results:{file_id}" not in done:
-                with contextlib.suppress(JobNotFound):
+                with contextlib.suppress(JobNotFound, SourceRejected, RetryableError):
                     contents[file_id] = self.source.file_content(file_id)
         with self._lock:
             if listed is not None:
