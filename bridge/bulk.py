@@ -54,14 +54,13 @@ def _plan(
     compiled = statement.compile(dialect=dialect, column_keys=list(keys))
     order = tuple(compiled.positiontup or ())
     fixed = {name: value for name, value in compiled.params.items() if name not in keys}
-    plan: _Plan | None = (compiled.string, order, fixed)
     converts = any(
         bind.type.dialect_impl(dialect).bind_processor(dialect) is not None
         for bind in compiled.binds.values()
     )
     missing = any(name not in keys and fixed.get(name) is None for name in order)
-    if dialect.paramstyle != "qmark" or not order or converts or missing:
-        plan = None
+    usable = dialect.paramstyle == "qmark" and order and not converts and not missing
+    plan = (compiled.string, order, fixed) if usable else None
     with _lock:
         _plans.setdefault(key, plan)
     return plan

@@ -554,9 +554,10 @@ class Bridge:
                 ahead.result()  # its error, if any, is the job's
         if not mapping.should_write_run(state.job, self.native_mode):
             return fresh, state
-        if mapping.is_terminal(state.status) and ahead is None:
-            self.outputs.prefetch(state)
-        elif not mapping.is_terminal(state.status) and fresh and epoch_ends_in(fresh, state.job):
+        if mapping.is_terminal(state.status):
+            if ahead is None:  # over only since the snapshot read above
+                self.outputs.prefetch(state)
+        elif fresh and epoch_ends_in(fresh, state.job):
             self.outputs.prefetch_checkpoints(state.job_id)
         return fresh, state
 

@@ -34,6 +34,7 @@ from bridge.wandbfile import (
     WandbFileError,
     cut_to_whole_records,
     read_run,
+    run_files_in,
     run_folders,
     wait_for_exit_record,
 )
@@ -361,9 +362,8 @@ class WandbSink:
     def _tidy_segments(self, run_id: str) -> None:
         """Before a run opens again offline: every earlier segment of it must be a file that
         ``wandb sync`` reads to the end, including one a kill left before the store knew it."""
-        for folder in self._folders.folders(run_id):
-            path = folder / f"run-{run_id}.wandb"
-            if folder.name.startswith("offline-run-") and path.is_file():
+        for path in run_files_in(run_id, self._folders.folders(run_id)):
+            if path.parent.name.startswith("offline-run-"):
                 self._make_whole(path)
 
     def _make_whole(self, path: Path) -> bool:
@@ -387,7 +387,8 @@ class WandbSink:
 
 
 def _made_since(folder: Path, started: float) -> bool:
-    """Whether the folder was made at or after ``started`` (its name has whole seconds)."""
+    """Whether the folder was changed (made) at or after ``started``, give or take a second
+    of the file system's time stamps."""
     try:
         return folder.stat().st_mtime >= started - 1.0
     except OSError:

@@ -442,7 +442,12 @@ def run_id_candidates(folder_name: str) -> tuple[str, ...]:
 def find_run_files(wandb_dir: str | Path, run_id: str) -> list[Path]:
     """Every `.wandb` file of `run_id` under `<wandb_dir>/wandb/`, oldest first (see
     :func:`run_folders`)."""
-    files = (folder / f"run-{run_id}.wandb" for folder in run_folders(wandb_dir, run_id))
+    return run_files_in(run_id, run_folders(wandb_dir, run_id))
+
+
+def run_files_in(run_id: str, folders: Iterable[Path]) -> list[Path]:
+    """The `.wandb` files of `run_id` in ``folders`` (its own, in order), those that exist."""
+    files = (folder / f"run-{run_id}.wandb" for folder in folders)
     return [path for path in files if path.is_file()]
 
 
